@@ -1,0 +1,539 @@
+"""The ADS emulator over real sockets: each behaviour of protocol.md it claims."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from ads_emulator import (Dictionary, Emulator, EmulatorError, Faults, Item, Service, Session,
+                          World, parse_nak_rule)
+from conftest import ROOT, TIMEOUT, Client, post
+
+
+def by_type(messages, mtype):
+    return [m for m in messages if m.get("Type") == mtype]
+
+
+# ---------------------------------------------------------------- handshake
+
+def test_handshake_tr_json2(emulator):
+    c = Client(emulator.url)
+    assert c.ws.subprotocol == "tr_json2"
+    c.close()
+
+
+def test_handshake_accepts_and_echoes_alias(emulator):
+    c = Client(emulator.url, "rssl.json.v2")
+    assert c.ws.subprotocol == "rssl.json.v2"
+    c.close()
+
+
+def test_handshake_without_subprotocol_is_refused(emulator):
+    with pytest.raises(InvalidStatus) as info:
+        connect(emulator.url, open_timeout=TIMEOUT)
+    assert info.value.response.status_code == 400
+
+
+def test_handshake_on_wrong_path_is_refused(emulator):
+    with pytest.raises(InvalidStatus) as info:
+        connect(emulator.url.replace("/WebSocket", "/other"), subprotocols=["tr_json2"],
+                open_timeout=TIMEOUT)
+    assert info.value.response.status_code == 404
+    assert b"/WebSocket" in info.value.response.body
+
+
+# -------------------------------------------------------------------- login
+
+def test_login_refresh_is_shaped_like_an_ads(client):
+    [refresh] = client.login("alice", stream=7)
+    assert refresh["ID"] == 7 and refresh["Type"] == "Refresh" and refresh["Domain"] == "Login"
+    elements = refresh["Key"]["Elements"]
+    assert refresh["Key"]["Name"] == "alice"
+    assert elements["SupportOMMPost"] == 1
+    assert elements["ApplicationId"] == "256" and elements["Position"] == "127.0.0.1"
+    assert elements["ApplicationName"] == "ADS"
+    assert refresh["Elements"] == {"PingTimeout": 30, "MaxMsgSize": 61430}
+    assert refresh["State"]["Stream"] == "Open" and refresh["State"]["Data"] == "Ok"
+    assert refresh["State"]["Text"].startswith("Login accepted by host ")
+
+
+def test_login_refresh_can_share_a_frame_with_a_ping():
+    with Emulator(faults=Faults(ping_with_login=True)) as emu:
+        c = Client(emu.url)
+        frame = c.login()
+        assert [m["Type"] for m in frame] == ["Refresh", "Ping"]
+        c.close()
+
+
+def test_unknown_user_is_denied_when_a_user_list_is_set():
+    world = World.default()
+    world.users = {"alice": None}
+    with Emulator(world) as emu:
+        c = Client(emu.url)
+        [status] = c.login("fred")
+        assert status == {"ID": 1, "Type": "Status", "Domain": "Login", "Key": {"Name": "fred"},
+                          "State": {"Stream": "Closed", "Data": "Suspect",
+                                    "Code": "UserUnknownToPermSys",
+                                    "Text": "fred, unknown to system."}}
+        assert c.login("alice")[0]["Type"] == "Refresh"   # the connection stays usable
+        c.close()
+
+
+def test_denied_user_and_denied_app_id():
+    world = World.default()
+    world.deny_users.add("mallory")
+    world.deny_app_ids.add("999")
+    with Emulator(world) as emu:
+        c = Client(emu.url)
+        assert c.login("mallory")[0]["State"]["Code"] == "UserUnknownToPermSys"
+        [status] = c.login("bob", app_id="999")
+        assert status["State"]["Code"] == "UserAccessToAppDenied"
+        assert status["State"]["Stream"] == "Closed"
+        assert not emu.logged_in.is_set()
+        c.close()
+
+
+def test_message_before_login_gets_an_error_then_close(client):
+    client.send(post())
+    [error] = client.recv()
+    assert error["Type"] == "Error" and error["ID"] == 1
+    assert error["Text"] == "Login required before any other message."
+    with pytest.raises(ConnectionClosed) as info:
+        client.recv()
+    assert info.value.rcvd.code == 1008
+
+
+def test_second_login_on_another_stream_is_refused(client):
+    client.login(stream=1)
+    [status] = client.login(stream=2)
+    assert status["State"]["Code"] == "AlreadyOpen"
+
+
+# ---------------------------------------------------------------- ping/pong
+
+def test_client_ping_gets_pong_as_object_and_in_array(client):
+    client.send({"Type": "Ping"})
+    assert client.recv() == [{"Type": "Pong"}]
+    client.send([{"Type": "Ping"}])
+    assert client.recv() == [{"Type": "Pong"}]
+
+
+def test_emulator_pings_an_idle_client_and_drops_a_silent_one():
+    with Emulator(ping_interval=0.2, ping_timeout=1) as emu:
+        c = Client(emu.url)
+        c.login()
+        assert c.recv() == [{"Type": "Ping"}]
+        with pytest.raises(ConnectionClosed) as info:
+            c.recv(timeout=TIMEOUT + 1)
+        assert info.value.rcvd.code == 1008 and info.value.rcvd.reason == "ping timeout"
+
+
+def test_answered_ping_keeps_the_connection():
+    with Emulator(ping_interval=0.2, ping_timeout=1) as emu:
+        c = Client(emu.url)
+        c.login()
+        for _ in range(3):                       # three Ping/Pong rounds, each > PingTimeout/5
+            assert c.recv() == [{"Type": "Ping"}]
+            c.send({"Type": "Pong"})
+        c.send({"Type": "Ping"})
+        assert c.recv_until(lambda m: m["Type"] == "Pong")
+        c.close()
+
+
+# -------------------------------------------------------------------- posts
+
+def test_off_stream_update_is_acked_with_the_key(client, emulator):
+    client.login()
+    [ack] = client.roundtrip(post(fields={"BID": 30.5}, post_id=42))
+    assert ack == {"ID": 1, "Type": "Ack", "AckID": 42,
+                   "Key": {"Service": "NIPROV", "Name": "UMER.TST"}}
+    assert emulator.item("NIPROV", "UMER.TST")["BID"] == 30.5
+    assert emulator.item("NIPROV", "UMER.TST")["ASK"] == 24.5     # merged, not replaced
+
+
+def test_numeric_service_id_is_acked_with_the_name(client, emulator):
+    client.login()
+    [ack] = client.roundtrip(post(service=1))
+    assert ack["Key"] == {"Service": "NIPROV", "Name": "UMER.TST"} and "NakCode" not in ack
+
+
+def test_refresh_creates_and_replaces_an_item(client, emulator):
+    client.login()
+    [ack] = client.roundtrip(post(ric="NEW.TST", mtype="Refresh", fields={"BID": 1, "ASK": 2}))
+    assert "NakCode" not in ack
+    assert emulator.item("NIPROV", "NEW.TST") == {"BID": 1, "ASK": 2}
+    client.roundtrip(post(ric="NEW.TST", mtype="Refresh", fields={"TRDPRC_1": 3}, post_id=2))
+    assert emulator.item("NIPROV", "NEW.TST") == {"TRDPRC_1": 3}
+
+
+def test_update_to_unknown_item_is_nakked_symbol_unknown(client, emulator):
+    client.login()
+    [nak] = client.roundtrip(post(ric="DAVE.TST"))
+    assert nak == {"ID": 1, "Type": "Ack", "AckID": 1, "NakCode": "SymbolUnknown",
+                   "Text": "F44: Unable to find item on post update.",
+                   "Key": {"Service": "NIPROV", "Name": "DAVE.TST"}}
+    assert emulator.item("NIPROV", "DAVE.TST") is None
+
+
+@pytest.mark.parametrize("service", ["NOSUCH", 9999])
+def test_unknown_service_is_nakked_denied_by_src(client, service):
+    client.login()
+    [nak] = client.roundtrip(post(service=service))
+    assert nak["NakCode"] == "DeniedBySrc"
+    assert nak["Text"] == "Unable to find service for post message."
+    assert nak["Key"]["Service"] == service
+
+
+def test_service_down_is_nakked_source_down():
+    world = World.default()
+    world.services.append(Service("NI_PUB", 3, up=False))
+    with Emulator(world) as emu:
+        c = Client(emu.url)
+        c.login()
+        [nak] = c.roundtrip(post(service="NI_PUB"))
+        assert (nak["NakCode"], nak["Text"]) == ("SourceDown", "A9: Service is unavailable.")
+        c.close()
+
+
+def test_user_without_post_permission_is_nakked_access_denied():
+    world = World.default()
+    world.users = {"alice": {"DIRECT_FEED"}}
+    with Emulator(world) as emu:
+        c = Client(emu.url)
+        c.login("alice")
+        [nak] = c.roundtrip(post(service="NIPROV"))
+        assert nak["NakCode"] == "AccessDenied" and "NIPROV" in nak["Text"]
+        [ack] = c.roundtrip(post(service="DIRECT_FEED", mtype="Refresh", post_id=2))
+        assert "NakCode" not in ack
+        c.close()
+
+
+def test_post_without_ack_gets_no_reply(client, emulator):
+    client.login()
+    assert client.roundtrip(post(fields={"BID": 7}, Ack=False)) == []
+    assert emulator.item("NIPROV", "UMER.TST")["BID"] == 7
+
+
+def test_post_on_a_stream_that_is_not_open_is_nakked(client):
+    client.login()
+    msg = post(stream=5)
+    del msg["Key"]
+    [nak] = client.roundtrip(msg)
+    assert nak["ID"] == 5 and nak["NakCode"] == "NotOpen"
+
+
+def test_on_stream_post_is_acked_and_fanned_out(emulator):
+    watcher, poster = Client(emulator.url), Client(emulator.url)
+    watcher.login("w")
+    poster.login("p")
+    watcher.send({"ID": 2, "Key": {"Name": "UMER.TST", "Service": "NIPROV"}})
+    assert watcher.recv()[0]["Type"] == "Refresh"
+    poster.send({"ID": 5, "Key": {"Name": "UMER.TST", "Service": "NIPROV"}})
+    assert poster.recv()[0]["State"]["Stream"] == "Open"
+    info = {"Address": "127.0.0.1", "UserID": 77}
+    on_stream = {"ID": 5, "Type": "Post", "Ack": True, "PostID": 3, "PostUserInfo": info,
+                 "Message": {"ID": 0, "Type": "Update", "Fields": {"ASK": 45.57}}}
+    replies = poster.roundtrip(on_stream)
+    assert replies == [
+        {"ID": 5, "Type": "Update", "UpdateType": "Unspecified", "PostUserInfo": info,
+         "Fields": {"ASK": 45.57}},
+        {"ID": 5, "Type": "Ack", "AckID": 3, "Text": "All is well"}]
+    [update] = watcher.recv()
+    assert update["ID"] == 2 and update["Fields"] == {"ASK": 45.57}
+    watcher.close()
+    poster.close()
+
+
+# --------------------------------------------------------------- dictionary
+
+def test_unknown_field_gets_an_error_and_no_ack(client, emulator):
+    client.login()
+    [error] = client.roundtrip(post(fields={"BID_CUSTOM": 1}, post_id=3))
+    assert error["ID"] == 1 and error["Type"] == "Error"
+    assert error["Text"] == "JSON Unexpected FID. Received 'BID_CUSTOM' for key 'Fields'"
+    assert json.loads(error["Debug"]["Message"])["PostID"] == 3
+
+
+def test_numeric_fid_is_accepted_and_stored_by_name(client, emulator):
+    client.login()
+    [ack] = client.roundtrip(post(fields={"22": 45.5, "1000": "txt"}))
+    assert "NakCode" not in ack
+    item = emulator.item("NIPROV", "UMER.TST")
+    assert item["BID"] == 45.5 and item["GEN_TEXT16"] == "txt"
+
+
+@pytest.mark.parametrize("fields,text", [
+    ({"GEN_TEXT16": 42}, "Expected 'STRING' for key 'GEN_TEXT16' Received 'PRIMITIVE'"),
+    ({"BID": "abc"}, "Expected 'PRIMITIVE' for key 'BID' Received 'STRING'"),
+    ({"TRADE_DATE": 20240102}, "Expected 'STRING' for key 'TRADE_DATE' Received 'PRIMITIVE'"),
+    ({"TRADE_DATE": "02/01/2024"}, "JSON RSSL Conversion Error. RSSL error code : -1"),
+    ({"BID": True}, "JSON invalid primitive type."),
+])
+def test_wrong_value_type_gets_an_error(client, emulator, fields, text):
+    client.login()
+    [error] = client.roundtrip(post(fields=fields))
+    assert error["Type"] == "Error" and text in error["Text"]
+
+
+def test_special_values_and_blanks_are_accepted(client, emulator):
+    client.login()
+    [ack] = client.roundtrip(post(fields={"BID": "NaN", "ASK": None, "TRDTIM_1": "15:37:34.624"}))
+    assert "NakCode" not in ack and ack["Type"] == "Ack"
+    assert emulator.item("NIPROV", "UMER.TST")["ASK"] is None
+
+
+def test_dictionary_file_is_loaded(tmp_path):
+    path = tmp_path / "RDMFieldDictionary"
+    path.write_text(
+        '!ACRONYM    DDE ACRONYM          FID  RIPPLES TO  FIELD TYPE     LENGTH  RWF TYPE   RWF LEN\n'
+        'BID        "BID"                   22  BID_1      PRICE            17  REAL64            7\n'
+        'MY_FIELD   "MY FIELD"            9001  NULL       ALPHANUMERIC     10  RMTES_STRING     10\n'
+        'MY_ENUM    "MY ENUM"             9002  NULL       ENUMERATED    3 ( 2 )  ENUM          1\n')
+    dictionary = Dictionary.load(str(path))
+    assert dictionary.lookup("MY_ENUM").rwf_type == "ENUM"
+    with Emulator(dictionary=dictionary) as emu:
+        c = Client(emu.url)
+        c.login()
+        [ack] = c.roundtrip(post(fields={"MY_FIELD": "x", "9002": 3}))
+        assert "NakCode" not in ack
+        [error] = c.roundtrip(post(fields={"ASK": 1}))
+        assert error["Type"] == "Error"
+        c.close()
+
+
+# ---------------------------------------------------------- malformed input
+
+def test_invalid_json_gets_error_on_id_0(client):
+    client.login()
+    client.send('{"ID": 2, ')
+    [error] = client.recv()
+    assert error["ID"] == 0 and error["Type"] == "Error"
+    assert error["Text"].startswith("JSON parser error")
+    assert error["Debug"]["Message"] == '{"ID": 2, '
+
+
+@pytest.mark.parametrize("msg,stream,text", [
+    ({"Key": {"Name": "TRI.N"}}, 0, "JSON Missing required key 'ID'"),
+    ({"ID": "2", "Key": {"Name": "TRI.N"}}, 0,
+     "JSON Converter Token Type error: Expected 'PRIMITIVE' for key 'ID' Received 'STRING'"),
+    ({"ID": 2, "Type": "ExtraInfo"}, 2, "JSON Unexpected Value. Received 'ExtraInfo' for key 'Type'"),
+    ({"ID": 2, "Domain": "Nope", "Key": {"Name": "X"}}, 2,
+     "JSON Unexpected Value. Received 'Nope' for key 'Domain'"),
+])
+def test_malformed_messages_get_documented_errors(client, msg, stream, text):
+    client.login()
+    [error] = client.roundtrip(msg)
+    assert (error["ID"], error["Type"], error["Text"]) == (stream, "Error", text)
+    assert set(error["Debug"]) == {"File", "Line", "Offset", "Message"}
+
+
+def test_frame_is_processed_in_order(client, emulator):
+    client.login()
+    replies = client.roundtrip([post(ric="A.TST", mtype="Refresh", post_id=1),
+                                post(ric="A.TST", fields={"BID": 2.0}, post_id=2),
+                                post(ric="B.TST", post_id=3)])
+    assert [(m["AckID"], m.get("NakCode")) for m in replies] == \
+        [(1, None), (2, None), (3, "SymbolUnknown")]
+
+
+def test_oversized_message_disconnects(client):
+    client.login()
+    client.send(post(fields={"GEN_TEXT16": "x" * 70000}))
+    with pytest.raises(ConnectionClosed) as info:
+        client.recv()
+    assert info.value.rcvd.code == 1009
+
+
+# ---------------------------------------------------------------- requests
+
+def test_request_returns_cached_fields_and_last_poster(client):
+    client.login()
+    info = {"Address": "10.0.0.1", "UserID": 5}
+    client.roundtrip(post(fields={"BID": 9.0}, PostUserInfo=info))
+    [refresh] = client.roundtrip({"ID": 3, "Key": {"Name": "UMER.TST", "Service": "NIPROV"}})
+    assert refresh["Type"] == "Refresh" and refresh["Key"] == {"Service": "NIPROV", "Name": "UMER.TST"}
+    assert refresh["State"] == {"Stream": "Open", "Data": "Ok", "Text": "All is well"}
+    assert refresh["Fields"]["BID"] == 9.0 and refresh["PostUserInfo"] == info
+
+
+def test_unknown_item_gets_not_found(client):
+    client.login()
+    [status] = client.roundtrip({"ID": 3, "Key": {"Name": "NONE.TST", "Service": "NIPROV"}})
+    assert status["Type"] == "Status"
+    assert status["State"]["Stream"] == "Closed" and status["State"]["Code"] == "NotFound"
+
+
+def test_snapshot_is_non_streaming_and_gets_no_updates(client):
+    client.login()
+    [refresh] = client.roundtrip({"ID": 3, "Streaming": False,
+                                  "Key": {"Name": "UMER.TST", "Service": "NIPROV"}})
+    assert refresh["State"]["Stream"] == "NonStreaming"
+    assert [m["Type"] for m in client.roundtrip(post())] == ["Ack"]
+
+
+def test_close_and_login_close_stop_updates(client, emulator):
+    client.login()
+    client.roundtrip([{"ID": 3, "Key": {"Name": "UMER.TST"}}, {"ID": 4, "Key": {"Name": "UMER.TST"}}])
+    assert [m["ID"] for m in client.roundtrip(post())] == [3, 4, 1]
+    client.send({"ID": 3, "Type": "Close"})
+    assert [m["ID"] for m in client.roundtrip(post(post_id=2))] == [4, 1]
+    client.send({"ID": 1, "Type": "Close", "Domain": "Login"})
+    emulator.wait_for(lambda m: m.get("Type") == "Close" and m.get("Domain") == "Login", TIMEOUT)
+    client.login()
+    assert [m["ID"] for m in client.roundtrip(post(post_id=3))] == [1]
+
+
+def test_view_limits_fields(client):
+    client.login()
+    [refresh] = client.roundtrip({"ID": 3, "View": ["BID", 25], "Key": {"Name": "UMER.TST"}})
+    assert refresh["Fields"] == {"BID": 22.1, "ASK": 24.5}
+
+
+# ------------------------------------------------------------------- world
+
+def test_default_world():
+    world = World.default()
+    assert [s.name for s in world.services] == ["NIPROV", "DIRECT_FEED"]
+    assert world.items[("NIPROV", "MarketPrice", "UMER.TST")].fields == \
+        {"BID": 22.1, "ASK": 24.5, "TRDPRC_1": 23.3, "GEN_TEXT16": "some text"}
+    assert world.users is None
+
+
+def test_world_file(tmp_path):
+    path = tmp_path / "world.ini"
+    path.write_text("[service CACHE]\nid = 10\n[service DOWN]\nid = 11\nup = no\n"
+                    "[user alice]\npost = CACHE\n[user ops]\n"
+                    "[item CACHE RATE.TST]\nBID = 1.5\nGEN_TEXT16 = \"hello\"\n"
+                    "[login]\ndeny_app_ids = 256\nhost = ads1\n")
+    world = World.load(str(path))
+    assert world.service(10).name == "CACHE" and not world.service("DOWN").up
+    assert world.users == {"alice": {"CACHE"}, "ops": None}
+    assert world.items[("CACHE", "MarketPrice", "RATE.TST")] == Item({"BID": 1.5, "GEN_TEXT16": "hello"})
+    with Emulator(world) as emu:
+        c = Client(emu.url)
+        assert c.login("alice", app_id="256")[0]["State"]["Code"] == "UserAccessToAppDenied"
+        [refresh] = c.login("alice", app_id="1")
+        assert refresh["State"]["Text"] == "Login accepted by host ads1."
+        c.close()
+
+
+def test_world_file_rejects_unknown_sections(tmp_path):
+    path = tmp_path / "world.ini"
+    path.write_text("[service A]\n[servce B]\n")
+    with pytest.raises(ValueError, match="unknown section"):
+        World.load(str(path))
+
+
+# ----------------------------------------------------------- fault injection
+
+def test_ack_delay_sends_the_ack_after_later_replies():
+    with Emulator(faults=Faults(ack_delay_ms=300)) as emu:
+        c = Client(emu.url)
+        c.login()
+        assert c.roundtrip(post()) == []              # the Pong came first
+        [ack] = c.recv()
+        assert ack["AckID"] == 1
+        c.close()
+
+
+def test_no_ack_ric_withholds_only_matching_acks():
+    with Emulator(faults=Faults(no_ack_rics=["UMER.*"])) as emu:
+        c = Client(emu.url)
+        c.login()
+        replies = c.roundtrip([post(fields={"BID": 3}), post(ric="X.TST", mtype="Refresh", post_id=2)])
+        assert [m["AckID"] for m in replies] == [2]
+        assert emu.item("NIPROV", "UMER.TST")["BID"] == 3   # applied, just not acked
+        c.close()
+
+
+def test_nak_ric_rule():
+    faults = Faults(nak_rics=[parse_nak_rule("BAD*:NoResources:too busy")])
+    with Emulator(faults=faults) as emu:
+        c = Client(emu.url)
+        c.login()
+        [nak] = c.roundtrip(post(ric="BAD1", mtype="Refresh"))
+        assert (nak["NakCode"], nak["Text"]) == ("NoResources", "too busy")
+        c.close()
+    with pytest.raises(ValueError):
+        parse_nak_rule("X:Bogus:text")
+
+
+def test_drop_after_posts_applies_then_aborts():
+    with Emulator(faults=Faults(drop_after_posts=2)) as emu:
+        c = Client(emu.url)
+        c.login()
+        c.send([post(fields={"BID": 1}), post(fields={"BID": 2}, post_id=2),
+                post(fields={"BID": 3}, post_id=3)])
+        [ack] = c.recv()
+        assert ack["AckID"] == 1
+        with pytest.raises(ConnectionClosed):
+            c.recv()
+        assert emu.item("NIPROV", "UMER.TST")["BID"] == 2   # the 2nd applied, the 3rd never read
+
+
+def test_hang_after_login_neither_reads_nor_writes():
+    with Emulator(faults=Faults(hang_after_login=True), ping_interval=0.1) as emu:
+        c = Client(emu.url)
+        assert c.login()[0]["Type"] == "Refresh"
+        c.send({"Type": "Ping"})
+        with pytest.raises(TimeoutError):
+            c.recv(timeout=0.5)                 # no Pong, and no Ping of its own either
+        c.close()
+
+
+# ---------------------------------------------------- harness & standalone
+
+def test_server_failures_are_reraised_at_exit(monkeypatch):
+    def broken(self, *args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(Session, "login", broken)
+    emu = Emulator().start()
+    c = Client(emu.url)
+    c.send({"ID": 1, "Domain": "Login", "Key": {"Name": "a"}})
+    with pytest.raises(ConnectionClosed):
+        c.recv()
+    with pytest.raises(EmulatorError, match="boom"):
+        emu.stop()
+
+
+def test_wait_for_and_milestones(client, emulator):
+    client.login()
+    assert emulator.logged_in.wait(TIMEOUT)
+    client.send(post())
+    assert emulator.post_received.wait(TIMEOUT)
+    msg = emulator.wait_for(lambda m: m.get("Type") == "Post", TIMEOUT)
+    assert msg["PostID"] == 1
+    with pytest.raises(TimeoutError):
+        emulator.wait_for(lambda m: m.get("Type") == "Generic", 0.05)
+
+
+def test_standalone_command(tmp_path):
+    log_path = tmp_path / "frames.jsonl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0",
+                             "--log", str(log_path), "--deny-user", "fred"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening on ws://127.0.0.1:") and line.endswith("/WebSocket")
+        c = Client(line.split()[-1])
+        assert c.login("fred")[0]["State"]["Code"] == "UserUnknownToPermSys"
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    frames = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [f["dir"] for f in frames] == ["in", "out"]
+    assert json.loads(frames[1]["frame"])[0]["State"]["Text"] == "fred, unknown to system."
+
+
+def test_standalone_rejects_bad_options():
+    proc = subprocess.run([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0",
+                           "--nak-ric", "X:Nope:t"], capture_output=True, text=True, timeout=TIMEOUT * 4)
+    assert proc.returncode == 2 and "--nak-ric" in proc.stderr
