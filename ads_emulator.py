@@ -908,8 +908,8 @@ class Emulator:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         async with serve_emulator(self.server, self.host, self.port) as ws_server:
-            port = ws_server.sockets[0].getsockname()[1]
-            self.url = f"ws://{self.host}:{port}{WS_PATH}"
+            self.port = ws_server.sockets[0].getsockname()[1]
+            self.url = f"ws://{self.host}:{self.port}{WS_PATH}"
             self._ready.set()
             await self._stop.wait()
 

@@ -1,0 +1,1096 @@
+"""Contribute real-time data to Refinitiv Real-Time (LSEG Real-Time) through an ADS.
+
+Connects to the ADS's WebSocket API (tr_json2), logs in with a DACS user,
+ApplicationId and Position, sends off-stream Post messages (a Refresh creates
+an item, an Update changes fields) and waits for each post's Ack.
+
+    python contribute.py post --ric UMER.TST --field BID=22.1
+    python contribute.py --sim post --ric UMER.TST --field BID=22.1   # built-in emulator
+
+Exit codes:
+    0    every post acknowledged (login: login accepted)
+    1    internal error, or a protocol violation by the server
+    2    usage or configuration error
+    3    could not connect, or the connection was lost
+    4    login denied
+    5    a post was rejected: a Nak, or an Error message about it
+    6    timed out waiting for the login response or an ack
+    130  interrupted before every post was acknowledged
+"""
+import itertools
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from enum import IntEnum
+from typing import IO, Any, Callable, NamedTuple
+
+import click
+
+log = logging.getLogger("contribute")
+
+# ================================================================ constants
+
+SUBPROTOCOL = "tr_json2"
+LOGIN_STREAM = 1
+DEFAULT_PORT = 15000
+DEFAULT_APP_ID = "256"
+DEFAULT_PATH = "/WebSocket"
+CLOSE_TIMEOUT = 2.0          # seconds to wait for the server's close frame
+PONG_TEXT = '{"Type":"Pong"}'
+
+
+class Exit(IntEnum):
+    """Exit statuses; the table is in the module docstring and the README."""
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    CONNECT = 3
+    LOGIN = 4
+    REJECTED = 5
+    TIMEOUT = 6
+    INTERRUPTED = 130
+
+
+EXIT_TABLE = "\n".join(line.strip() for line in __doc__.split("Exit codes:")[1].strip().splitlines())
+
+# Hints for the common cases, keyed by NakCode or login State Code.
+HINTS = {
+    "SymbolUnknown": "the item does not exist in that service yet: post a Refresh first (--refresh)",
+    "AccessDenied": "the DACS user lacks post permission on that service: ask your market data team",
+    "DeniedBySrc": "the service refused the post: check --service (a cache or contribution service)",
+    "SourceDown": "the service is down or unavailable on this ADS: try later or another service",
+    "NotOpen": "the item stream is not open",
+    "InvalidContent": "the post content does not match what the service expects",
+    "UserUnknownToPermSys": "the user is unknown to DACS: check --user with your market data team",
+    "UserAccessToAppDenied": "the user may not use this application id: check --app-id",
+    "NotEntitled": "DACS denied the login: check --user, --app-id and --position",
+    "DacsDown": "the ADS cannot reach DACS: try again later",
+    "MaxLoginsReached": "the user has too many sessions open on this ADS",
+    "UnexpectedFID": "the field name is not in the ADS's field dictionary: check the spelling, or use a FID",
+}
+
+# ================================================================== errors
+
+
+class ContributeError(Exception):
+    """The root of every failure this tool reports; carries its exit status and a hint."""
+    exit_code = Exit.INTERNAL
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageProblem(ContributeError):
+    exit_code = Exit.USAGE
+
+
+class ConnectFailed(ContributeError):
+    exit_code = Exit.CONNECT
+
+
+class LoginRefused(ContributeError):
+    exit_code = Exit.LOGIN
+
+    def __init__(self, message: str, hint: str | None = None, state: Any = None) -> None:
+        super().__init__(message, hint)
+        self.state = state                 # the LoginDenied event, when the ADS sent one
+
+
+class Timeout(ContributeError):
+    exit_code = Exit.TIMEOUT
+
+
+class ProtocolViolation(ContributeError):
+    """The server broke the protocol (we were right, the peer was wrong)."""
+    exit_code = Exit.INTERNAL
+
+
+# ================================================================ protocol
+
+def build_login(user: str, app_id: str, position: str, stream: int = LOGIN_STREAM) -> dict:
+    return {"ID": stream, "Domain": "Login",
+            "Key": {"Name": user, "Elements": {"ApplicationId": app_id, "Position": position}}}
+
+
+def build_login_close(stream: int = LOGIN_STREAM) -> dict:
+    return {"ID": stream, "Type": "Close", "Domain": "Login"}
+
+
+def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any], *,
+               refresh: bool = False, domain: str = "MarketPrice",
+               post_user_info: dict | None = None, stream: int = LOGIN_STREAM) -> dict:
+    """An off-stream Post (on the login stream) asking for an Ack."""
+    message: dict[str, Any] = {"ID": 0, "Type": "Refresh" if refresh else "Update", "Domain": domain}
+    if refresh:
+        message["Solicited"] = False
+        message["State"] = {"Stream": "Open", "Data": "Ok"}
+    message["Fields"] = fields
+    post = {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id,
+            "Key": {"Service": service, "Name": ric}}
+    if post_user_info:
+        post["PostUserInfo"] = post_user_info
+    post["Message"] = message
+    return post
+
+
+def encode(msg: dict | list) -> str:
+    return json.dumps(msg, separators=(",", ":"))
+
+
+# Events: everything the reader thread hands to the main thread. Immutable
+# records (NamedTuple: cheaper to define at start-up than dataclasses).
+
+class Opened(NamedTuple):
+    pass
+
+
+class LoginAccepted(NamedTuple):
+    text: str
+    attributes: dict[str, Any]     # Key.Elements and the top-level Elements together
+
+    @property
+    def ping_timeout(self) -> int | None:
+        return self.attributes.get("PingTimeout")
+
+
+class LoginDenied(NamedTuple):
+    stream_state: str
+    data_state: str
+    code: str
+    text: str
+
+
+class Acked(NamedTuple):
+    ack_id: Any
+    text: str
+
+
+class Nakked(NamedTuple):
+    ack_id: Any
+    code: str
+    text: str
+
+
+class ServerError(NamedTuple):
+    stream: Any
+    text: str
+    post_id: int | None             # read from Debug.Message when it is one of our posts
+
+
+class PingReceived(NamedTuple):
+    pass
+
+
+class Other(NamedTuple):
+    msg: Any
+
+
+class Closed(NamedTuple):
+    code: int | None
+    reason: str
+    error: BaseException | None     # what ended the connection, when it was not a close frame
+
+
+class Failure(NamedTuple):
+    error: BaseException            # raised inside a callback: handled by the main thread
+
+
+class Interrupted(NamedTuple):
+    pass
+
+
+Event = (Opened | LoginAccepted | LoginDenied | Acked | Nakked | ServerError | PingReceived
+         | Other | Closed | Failure | Interrupted)
+
+
+def classify(msg: Any) -> Event:
+    """Turn one inbound tr_json2 message into an event."""
+    if not isinstance(msg, dict):
+        raise ProtocolViolation(f"the server sent a message that is not a JSON object: {msg!r:.200}")
+    mtype = msg.get("Type")
+    if mtype == "Ping":
+        return PingReceived()
+    if msg.get("Domain") == "Login" and mtype in ("Refresh", "Status"):
+        state = msg.get("State") or {}
+        if state.get("Stream") == "Open" and state.get("Data", "Ok") == "Ok":
+            if mtype == "Refresh":
+                attributes = dict((msg.get("Key") or {}).get("Elements") or {})
+                attributes.update(msg.get("Elements") or {})
+                return LoginAccepted(state.get("Text", ""), attributes)
+            return Other(msg)
+        return LoginDenied(state.get("Stream", ""), state.get("Data", ""),
+                           state.get("Code", "None"), state.get("Text", ""))
+    if mtype == "Ack":
+        if msg.get("NakCode") not in (None, "None", 0):
+            return Nakked(msg.get("AckID"), str(msg["NakCode"]), msg.get("Text", ""))
+        return Acked(msg.get("AckID"), msg.get("Text", ""))
+    if mtype == "Error":
+        return ServerError(msg.get("ID"), msg.get("Text", ""), offending_post_id(msg))
+    return Other(msg)
+
+
+def offending_post_id(error: dict) -> int | None:
+    """The PostID of the message an Error is about, from its Debug.Message, if it was a Post."""
+    try:
+        offending = json.loads((error.get("Debug") or {}).get("Message", ""))
+    except (TypeError, ValueError):
+        return None
+    if isinstance(offending, dict) and offending.get("Type") == "Post":
+        post_id = offending.get("PostID")
+        return post_id if isinstance(post_id, int) else None
+    return None
+
+
+# ============================================================ field values
+
+_INT = re.compile(r"[-+]?\d+")
+_DECIMAL = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
+_NAME = re.compile(r"-?[A-Za-z0-9_]+")
+
+
+def parse_field(text: str) -> tuple[str, Any]:
+    """NAME=VALUE (typed: int, decimal, blank, else string) or NAME:=JSON (raw)."""
+    if ":=" in text and ("=" not in text or text.index(":=") < text.index("=")):
+        name, raw = text.split(":=", 1)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise ValueError(f"{text!r}: the value after ':=' is not JSON") from None
+    elif "=" in text:
+        name, raw = text.split("=", 1)
+        if raw == "":
+            value = None
+        elif _INT.fullmatch(raw):
+            value = int(raw)
+        elif _DECIMAL.fullmatch(raw):
+            value = float(raw)
+        else:
+            value = raw
+    else:
+        raise ValueError(f"{text!r}: expected NAME=VALUE or NAME:=JSON")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{text!r}: {name!r} is not a field name or FID")
+    return name, value
+
+
+def walk(fields: dict[str, Any], rng: Any) -> dict[str, Any]:
+    """Numeric fields moved by a small random step (about 0.1 %); others unchanged."""
+    out = {}
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            out[name] = value
+        elif isinstance(value, int):
+            out[name] = max(0, value + rng.choice((-1, 0, 1)))
+        else:
+            step = max(abs(value) * 0.001, 0.01)
+            out[name] = round(value + rng.uniform(-step, step), 4)
+    return out
+
+
+# ========================================================= ack bookkeeping
+
+class Outcome(NamedTuple):
+    """How one post ended: status is ack, nak, error, timeout or lost."""
+    status: str
+    service: str
+    ric: str
+    post_id: int
+    nak_code: str | None = None
+    text: str | None = None
+
+    def line(self) -> str:
+        words = [self.status.upper(), self.service, self.ric, f"post {self.post_id}"]
+        if self.nak_code:
+            words.append(self.nak_code)
+        if self.text:
+            words.append(json.dumps(self.text))
+        return " ".join(words)
+
+    def as_json(self) -> str:
+        return encode({k: v for k, v in self._asdict().items() if v is not None})
+
+
+class Pending(NamedTuple):
+    service: str
+    ric: str
+    deadline: float
+
+
+class Ledger:
+    """Posts awaiting an Ack, by PostID. Owned by the main thread only, so it needs no lock."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, Pending] = {}
+        self.counts: dict[str, int] = {}        # outcomes by status
+        self._ids = itertools.count(1)
+
+    def add(self, service: str, ric: str, deadline: float) -> int:
+        post_id = next(self._ids)
+        self.pending[post_id] = Pending(service, ric, deadline)
+        return post_id
+
+    def resolve(self, post_id: Any, status: str, nak_code: str | None = None,
+                text: str | None = None) -> Outcome | None:
+        """The outcome for post_id, or None when it is not pending (unknown or already ended)."""
+        post = self.pending.pop(post_id, None) if isinstance(post_id, int) else None
+        if post is None:
+            return None
+        self.counts[status] = self.counts.get(status, 0) + 1
+        return Outcome(status, post.service, post.ric, post_id, nak_code, text)
+
+    # Every post of a session has the same ack timeout, so deadlines rise in
+    # insertion order and the oldest pending post is always the next to expire.
+
+    def expire(self, now: float) -> list[Outcome]:
+        late = list(itertools.takewhile(lambda pid: self.pending[pid].deadline <= now, self.pending))
+        return [self.resolve(pid, "timeout", text="no ack within the ack timeout") for pid in late]
+
+    def fail_all(self, status: str, text: str) -> list[Outcome]:
+        return [self.resolve(pid, status, text=text) for pid in list(self.pending)]
+
+    def next_deadline(self) -> float | None:
+        return next(iter(self.pending.values())).deadline if self.pending else None
+
+    def exit_code(self, interrupted: bool = False) -> Exit:
+        """0 only when every post was acknowledged; 130 for an interrupted session that was not."""
+        if interrupted and set(self.counts) - {"ack"}:
+            return Exit.INTERRUPTED
+        if self.counts.get("nak") or self.counts.get("error"):
+            return Exit.REJECTED
+        if self.counts.get("timeout"):
+            return Exit.TIMEOUT
+        if self.counts.get("lost"):
+            return Exit.CONNECT
+        return Exit.OK
+
+    def summary(self) -> str:
+        total = sum(self.counts.values())
+        parts = [f"{self.counts.get(s, 0)} {label}" for s, label in
+                 (("ack", "acknowledged"), ("nak", "nakked"), ("error", "errored"),
+                  ("timeout", "timed out"), ("lost", "not acknowledged"))]
+        return f"{total} posts: " + ", ".join(parts)
+
+
+# ============================================================= connection
+
+class Connection:
+    """A WebSocketApp on a background thread, feeding events to one queue.
+
+    The reader thread answers Ping with Pong at once and turns every other
+    message into an event; the main thread takes them with next_event().
+    Callbacks never raise: an exception becomes a Failure event, and the end
+    of the socket always becomes a Closed event.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._app: Any = None
+        self._sock: Any = None           # the websocket.WebSocket, kept to close its fd
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.closed = False
+
+    def open(self) -> None:
+        """Start connecting; Opened or Closed arrives as an event."""
+        import websocket                  # costly: imported only when a command connects
+
+        self._app = websocket.WebSocketApp(
+            self.url, subprotocols=[SUBPROTOCOL], header={"User-Agent": "contribute.py"},
+            on_open=self._on_open, on_message=self._on_message,
+            on_error=self._on_error, on_close=self._on_close)
+        self._thread = threading.Thread(target=self._run, name="websocket", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._app.run_forever(skip_utf8_validation=True)
+        except BaseException as exc:      # run_forever itself failed: still end with Closed
+            self.events.put(Closed(None, "", exc))
+            return
+        if not self.closed:               # run_forever returned without calling on_close
+            self.events.put(Closed(None, "", self._error))
+
+    # Callbacks run on the websocket thread: never block, never raise.
+
+    def _on_open(self, app: Any) -> None:
+        self._sock = app.sock
+        self.events.put(Opened())
+
+    def _on_message(self, app: Any, data: bytes | str) -> None:
+        try:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("< %s", data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+            if not data:
+                return                    # an empty frame: an obsolete keepalive, ignored
+            try:
+                parsed = json.loads(data)
+            except ValueError as exc:
+                raise ProtocolViolation(f"the server sent a frame that is not JSON ({exc})") from None
+            for msg in parsed if isinstance(parsed, list) else [parsed]:
+                event = classify(msg)
+                if isinstance(event, PingReceived):
+                    self.send_text(PONG_TEXT)
+                else:
+                    self.events.put(event)
+        except Exception as exc:
+            self.events.put(Failure(exc))
+
+    def _on_error(self, app: Any, error: BaseException) -> None:
+        self._error = self._error or error
+
+    def _on_close(self, app: Any, code: int | None, reason: str | None) -> None:
+        self.closed = True
+        self.events.put(Closed(code, reason or "", self._error))
+
+    # Main thread.
+
+    def send(self, msg: dict | list) -> None:
+        self.send_text(encode(msg))
+
+    def send_text(self, text: str) -> None:
+        """The one way out: every frame is logged with '>' at debug level."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("> %s", text)
+        self._app.send(text)
+
+    def next_event(self, deadline: float | None) -> Event | None:
+        """The next event, or None once the monotonic deadline has passed."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def local_address(self) -> str:
+        return self._sock.sock.getsockname()[0]
+
+    def close(self) -> None:
+        """Close frame, wait for the server's close (bounded), join the thread."""
+        sock = self._sock
+        if self._app is None or sock is None:    # never opened: the thread ends on its own
+            return
+        if sock is not None and sock.connected and not self.closed:
+            try:
+                sock.send_close()
+            except Exception as exc:       # the socket died under us: nothing to wait for
+                log.debug("close frame not sent: %s", exc)
+        self._app.keep_running = False
+        if self._thread:
+            self._thread.join(CLOSE_TIMEOUT)
+        if sock is not None:
+            sock.shutdown()
+
+
+# =========================================================== orchestration
+
+class Settings(NamedTuple):
+    """Connection and identity settings, built once from flags, environment and config."""
+    host: str | None = None
+    port: int = DEFAULT_PORT
+    user: str | None = None
+    app_id: str = DEFAULT_APP_ID
+    position: str | None = None
+    path: str = DEFAULT_PATH
+    tls: bool = False
+    connect_timeout: float = 10.0
+
+    def url(self) -> str:
+        if not self.host:
+            raise UsageProblem("no ADS host: give --host, CONTRIBUTE_HOST or 'host' in the config file "
+                               "(or --sim for the built-in emulator)")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}{self.path}"
+
+
+class PostSpec(NamedTuple):
+    """What to post: one item's fields to one service."""
+    service: str
+    ric: str
+    fields: dict[str, Any]
+    domain: str = "MarketPrice"
+    ack_timeout: float = 10.0
+    post_user_info: bool = True
+    post_user_address: str | None = None
+    post_user_id: int | None = None
+
+
+class Reporter:
+    """Outcomes on stdout (text lines or JSON lines), hints and notices on stderr."""
+
+    def __init__(self, out: IO[str], err: IO[str], as_json: bool = False, quiet: bool = False) -> None:
+        self.out, self.err, self.as_json, self.quiet = out, err, as_json, quiet
+
+    def outcome(self, outcome: Outcome) -> None:
+        if not (self.quiet and outcome.status == "ack"):
+            self.out.write((outcome.as_json() if self.as_json else outcome.line()) + "\n")
+            self.out.flush()
+        if outcome.status == "error" and outcome.text and "Unexpected FID" in outcome.text:
+            self.hint("UnexpectedFID")
+        elif outcome.nak_code:
+            self.hint(outcome.nak_code)
+
+    def result(self, text: str, data: dict, success: bool) -> None:
+        if not (self.quiet and success):
+            self.out.write((encode(data) if self.as_json else text) + "\n")
+            self.out.flush()
+
+    def hint(self, key: str) -> None:
+        if key in HINTS and not self.quiet:
+            self.err.write(f"hint: {HINTS[key]}\n")
+
+    def notice(self, text: str) -> None:
+        if not self.quiet:
+            self.err.write(f"{text}\n")
+
+
+class Session:
+    """One connection and login: sends, receives and keeps the ledger (main thread only)."""
+
+    def __init__(self, settings: Settings, reporter: Reporter) -> None:
+        self.settings = settings
+        self.reporter = reporter
+        self.conn = Connection(settings.url())
+        self.ledger = Ledger()
+        self.login: LoginAccepted | None = None
+        self._post_user_info: dict | None = None
+        self.interrupts = 0
+        self._saved_handlers: dict[int, Any] = {}
+
+    def __enter__(self) -> "Session":
+        self._catch_signals()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """The one shutdown path: login Close, close the socket, report what is still pending."""
+        try:
+            if self.login is not None and not self.conn.closed:
+                try:
+                    self.conn.send(build_login_close())
+                except Exception as exc:
+                    log.debug("login Close not sent: %s", exc)
+            self.conn.close()
+        finally:
+            for outcome in self.ledger.fail_all("lost", "not acknowledged before the session ended"):
+                self.reporter.outcome(outcome)
+            self._restore_signals()
+
+    # Signals: SIGINT and SIGTERM become an Interrupted event. The handler only
+    # starts a thread that queues the event: putting from the handler itself
+    # could deadlock on the queue's lock held by the interrupted main thread.
+    def _catch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        def handler(signum: int, frame: Any) -> None:
+            threading.Thread(target=self.conn.events.put, args=(Interrupted(),), daemon=True).start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signals(self) -> None:
+        for sig, old in self._saved_handlers.items():
+            signal.signal(sig, old)
+
+    # -- connect and log in
+
+    def connect(self) -> LoginAccepted:
+        s = self.settings
+        deadline = time.monotonic() + s.connect_timeout
+        where = f"{s.host}:{s.port}"
+        log.info("connecting to %s", self.conn.url)
+        self.conn.open()
+        event = self.conn.next_event(deadline)
+        if event is None:
+            raise ConnectFailed(f"could not connect to {where} within {s.connect_timeout:g}s",
+                                "check --host and --port, and that no firewall drops the traffic")
+        if isinstance(event, Interrupted):
+            raise KeyboardInterrupt
+        if isinstance(event, Closed):
+            raise connect_error(event, where, self.conn.url)
+        if not isinstance(event, Opened):
+            raise ProtocolViolation(f"unexpected event before the connection opened: {event}")
+        position = s.position or f"{self.conn.local_address()}/{socket.gethostname()}"
+        user = s.user or default_user()
+        log.info("logging in as %s (ApplicationId %s, Position %s)", user, s.app_id, position)
+        self.conn.send(build_login(user, s.app_id, position))
+        while True:
+            event = self.conn.next_event(deadline)
+            if event is None:
+                raise Timeout(f"no login response from {where} within {s.connect_timeout:g}s")
+            if isinstance(event, LoginAccepted):
+                self.login = event
+                if event.attributes.get("SupportOMMPost", 1) != 1:
+                    log.warning("the ADS does not announce SupportOMMPost: posts may be refused")
+                return event
+            if isinstance(event, LoginDenied):
+                raise LoginRefused(login_error(event), HINTS.get(event.code), event)
+            if isinstance(event, Interrupted):
+                raise KeyboardInterrupt
+            self.dispatch(event)
+
+    # -- posts
+
+    def post(self, spec: PostSpec, fields: dict[str, Any], refresh: bool) -> int:
+        post_id = self.ledger.add(spec.service, spec.ric, time.monotonic() + spec.ack_timeout)
+        self.conn.send(build_post(post_id, spec.service, spec.ric, fields, refresh=refresh,
+                                  domain=spec.domain, post_user_info=self.post_user_info(spec)))
+        return post_id
+
+    def post_user_info(self, spec: PostSpec) -> dict | None:
+        """PostUserInfo for this session's posts, worked out once."""
+        if not spec.post_user_info:
+            return None
+        if self._post_user_info is None:
+            address = spec.post_user_address or ipv4_of(self.conn.local_address())
+            user_id = spec.post_user_id if spec.post_user_id is not None else os.getpid()
+            self._post_user_info = {"Address": address, "UserID": user_id} if address else {}
+        return self._post_user_info or None
+
+    def wait(self, until: float | None) -> Event | None:
+        """Handle one event, or expire overdue posts; returns the event (None at a deadline)."""
+        deadline = self.ledger.next_deadline()
+        if until is not None:
+            deadline = until if deadline is None else min(deadline, until)
+        event = self.conn.next_event(deadline)
+        if event is not None:
+            self.dispatch(event)
+        if self.ledger.pending and self.ledger.next_deadline() <= time.monotonic():
+            for outcome in self.ledger.expire(time.monotonic()):
+                self.reporter.outcome(outcome)
+        return event
+
+    def drain(self) -> None:
+        """Wait until no post is pending (each has its own ack deadline)."""
+        while self.ledger.pending:
+            if isinstance(self.wait(None), Interrupted) and self.interrupts > 1:
+                return
+
+    def dispatch(self, event: Event) -> None:
+        """Every event's effect, in one place."""
+        if isinstance(event, Acked):
+            self.settle(event.ack_id, "ack")
+        elif isinstance(event, Nakked):
+            self.settle(event.ack_id, "nak", event.code, event.text)
+        elif isinstance(event, ServerError):
+            post_id = event.post_id
+            if post_id is None and len(self.ledger.pending) == 1:
+                post_id = next(iter(self.ledger.pending))
+            if post_id is None or not self.settle(post_id, "error", text=event.text):
+                log.error("the ADS sent an Error on stream %s: %s", event.stream, event.text)
+        elif isinstance(event, LoginDenied):
+            raise LoginRefused(login_error(event, during_session=True), HINTS.get(event.code), event)
+        elif isinstance(event, Closed):
+            self.conn.closed = True
+            text = f"connection lost: {describe_close(event)}"
+            for outcome in self.ledger.fail_all("lost", text):
+                self.reporter.outcome(outcome)
+            raise ConnectFailed(text)
+        elif isinstance(event, Failure):
+            if isinstance(event.error, ContributeError):
+                raise event.error
+            raise ProtocolViolation(f"failure in the websocket thread: {event.error!r}")
+        elif isinstance(event, Interrupted):
+            self.interrupts += 1
+            log.info("interrupted: no new posts")
+        elif isinstance(event, Other):
+            log.debug("ignored: %s", event.msg)
+
+    def settle(self, post_id: Any, status: str, code: str | None = None, text: str | None = None) -> bool:
+        outcome = self.ledger.resolve(post_id, status, code, text)
+        if outcome is None:
+            log.warning("an Ack for unknown or already ended post %r was ignored", post_id)
+            return False
+        self.reporter.outcome(outcome)
+        return True
+
+
+def default_user() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "contribute"
+
+
+def ipv4_of(address: str) -> str | None:
+    """The local address as the IPv4 string PostUserInfo needs, or None (the ADS has no IPv6)."""
+    if address.startswith("::ffff:"):
+        address = address[7:]
+    if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", address):
+        return address
+    log.warning("local address %s is not IPv4: PostUserInfo is left out", address)
+    return None
+
+
+def describe_close(event: Closed) -> str:
+    if event.error is not None:
+        return f"{type(event.error).__name__}: {event.error}" if str(event.error) else type(event.error).__name__
+    if event.code is not None:
+        return f"closed by the server (code {event.code}{', ' + event.reason if event.reason else ''})"
+    return "closed"
+
+
+def connect_error(event: Closed, where: str, url: str) -> ContributeError:
+    """A one-line, hinted error for a connection that never opened."""
+    error = event.error
+    status = getattr(error, "status_code", None)
+    if isinstance(error, socket.gaierror) or type(error).__name__ == "WebSocketAddressException":
+        return ConnectFailed(f"cannot resolve the host of {where}: {error}", "check --host")
+    if isinstance(error, ConnectionRefusedError):
+        return ConnectFailed(f"nothing is listening at {where} (connection refused)",
+                             "check --host and --port: the ADS WebSocket port is often 15000")
+    if status is not None:
+        return ConnectFailed(f"the server at {where} refused the WebSocket upgrade on {url}: HTTP {status}",
+                             f"check --path (usually /WebSocket) and that the port is an ADS "
+                             f"WebSocket port accepting subprotocol {SUBPROTOCOL}")
+    if error is not None and "subprotocol" in str(error).lower():
+        return ConnectFailed(f"the server at {where} did not accept subprotocol {SUBPROTOCOL}: {error}")
+    return ConnectFailed(f"could not connect to {where}: {describe_close(event)}",
+                         "is this an ADS WebSocket port? (--tls if it needs wss://)")
+
+
+def login_error(event: LoginDenied, during_session: bool = False) -> str:
+    what = "the login stream was closed by the ADS" if during_session else "login denied by the ADS"
+    return f"{what}: {describe_state(event)}"
+
+
+def describe_state(event: LoginDenied) -> str:
+    """The ADS's own words: Stream/Data Code "Text"."""
+    return f"{event.stream_state}/{event.data_state} {event.code} {json.dumps(event.text)}"
+
+
+# The three commands. Each returns an exit status; errors propagate as ContributeError.
+
+def run_login(settings: Settings, reporter: Reporter) -> Exit:
+    with Session(settings, reporter) as session:
+        try:
+            login = session.connect()
+        except LoginRefused as exc:
+            denied = exc.state
+            if denied is None:
+                raise
+            reporter.result(f"LOGIN denied {describe_state(denied)}",
+                            {"status": "denied", "stream": denied.stream_state,
+                             "data": denied.data_state, "code": denied.code, "text": denied.text},
+                            success=False)
+            reporter.hint(denied.code)
+            return Exit.LOGIN
+        attrs = login.attributes
+        shown = {k: attrs.get(k) for k in ("SupportOMMPost", "PingTimeout", "MaxMsgSize",
+                                            "ApplicationName", "ApplicationId", "Position")}
+        text = f"LOGIN accepted {json.dumps(login.text)} " + " ".join(f"{k}={v}" for k, v in shown.items())
+        reporter.result(text, {"status": "accepted", "text": login.text,
+                               **{to_snake(k): v for k, v in shown.items()}}, success=True)
+    return Exit.OK
+
+
+def run_post(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter) -> Exit:
+    with Session(settings, reporter) as session:
+        session.connect()
+        session.post(spec, spec.fields, refresh)
+        session.drain()
+    return session.ledger.exit_code(interrupted=bool(session.interrupts))
+
+
+def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: bool = True,
+            interval: float = 5.0, count: int | None = None, walk_fields: bool = False) -> Exit:
+    """A Refresh (unless refresh is False), then an Update every interval, count times or until stopped."""
+    import random                         # only run needs it: kept off the start-up path
+    rng = random.Random()
+    fields = dict(spec.fields)
+    with Session(settings, reporter) as session:
+        session.connect()
+        if refresh:
+            session.post(spec, fields, refresh=True)
+        sent = 0
+        next_at = time.monotonic()
+        while not session.interrupts and (count is None or sent < count):
+            now = time.monotonic()
+            if now >= next_at:
+                if walk_fields:
+                    fields = walk(fields, rng)
+                session.post(spec, fields, refresh=False)
+                sent += 1
+                next_at = max(next_at + interval, now)
+                continue
+            session.wait(next_at)
+        session.drain()
+    interrupted = bool(session.interrupts)
+    reporter.notice(f"run: {session.ledger.summary()}{' (interrupted)' if interrupted else ''}")
+    return session.ledger.exit_code(interrupted)
+
+
+def to_snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
+
+
+# =========================================================== configuration
+
+CONFIG_SECTION = "contribute"
+GLOBAL_KEYS = {"host", "port", "user", "app_id", "position", "path", "tls", "connect_timeout",
+               "verbose", "quiet", "json", "sim"}
+COMMAND_KEYS = {"service", "domain", "ack_timeout", "interval", "count", "walk",
+                "post_user_info", "post_user_address", "post_user_id"}
+
+
+class ConfigError(click.ClickException):
+    exit_code = Exit.USAGE
+
+
+def find_config() -> str | None:
+    """./config.ini, else config.ini beside this module."""
+    for candidate in ("config.ini", os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.ini")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def read_config(path: str) -> dict[str, str]:
+    """The [contribute] section of an INI file: `key = value` lines, `;` or `#` comments.
+
+    A reader of our own rather than configparser: the file has one flat section,
+    and configparser's import alone costs a tenth of a one-shot post's budget.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    values: dict[str, str] = {}
+    section = None
+    for number, line in enumerate(lines, 1):
+        line = re.split(r"\s[;#]", line, maxsplit=1)[0].strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            if section != CONFIG_SECTION:
+                raise ConfigError(f"config file {path}:{number}: unknown section [{section}] "
+                                  f"(the only section is [{CONFIG_SECTION}])")
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip().lower()
+        if not sep or section is None:
+            raise ConfigError(f"config file {path}:{number}: expected 'key = value' "
+                              f"in a [{CONFIG_SECTION}] section")
+        if key not in GLOBAL_KEYS | COMMAND_KEYS:
+            raise ConfigError(f"config file {path}:{number}: unknown key '{key}' in [{CONFIG_SECTION}]")
+        values[key] = value.strip()
+    return values
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """The click default_map for a config file: global keys, and command keys per command."""
+    values = read_config(path)
+    command = {k: v for k, v in values.items() if k in COMMAND_KEYS}
+    defaults: dict[str, Any] = {k: v for k, v in values.items() if k in GLOBAL_KEYS}
+    defaults.update({"post": dict(command), "run": dict(command)})
+    return defaults
+
+
+def config_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    path = value or find_config()
+    if value and not os.path.exists(value):
+        raise ConfigError(f"config file {value} not found")
+    if path is not None:
+        ctx.default_map = load_config(path)
+        log.debug("config file: %s", path)
+    return path
+
+
+# ===================================================================== CLI
+
+class FieldType(click.ParamType):
+    """--field NAME=VALUE or NAME:=JSON."""
+    name = "NAME=VALUE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, Any]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_field(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Group(click.Group):
+    """Translates ContributeError into one stderr line and the exit status, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ContributeError as exc:
+            click.echo(f"contribute: error: {exc}", err=True)
+            if exc.hint and not (ctx.obj and ctx.obj.get("quiet")):
+                click.echo(f"hint: {exc.hint}", err=True)
+            log.debug("details", exc_info=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("contribute: interrupted", err=True)
+            ctx.exit(Exit.INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            click.echo(f"contribute: internal error: {type(exc).__name__}: {exc}", err=True)
+            log.debug("traceback", exc_info=True)
+            ctx.exit(Exit.INTERNAL)
+
+
+def env(name: str) -> str:
+    return f"CONTRIBUTE_{name.upper()}"
+
+
+@click.group(cls=Group, epilog=f"Exit codes:\n\n\b\n{EXIT_TABLE}",
+             context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
+                               "max_content_width": 100})
+@click.option("--config", metavar="PATH", envvar=env("config"), is_eager=True, expose_value=False,
+              callback=config_callback,
+              help="INI file with a [contribute] section  [default: ./config.ini, else beside contribute.py]")
+@click.option("--host", metavar="HOST", envvar=env("host"), help="ADS host name or address")
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, envvar=env("port"),
+              help="ADS WebSocket port")
+@click.option("--path", default=DEFAULT_PATH, envvar=env("path"), metavar="PATH", help="WebSocket path")
+@click.option("--tls/--no-tls", default=False, envvar=env("tls"), help="use wss://")
+@click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+              envvar=env("connect_timeout"), metavar="SECONDS", help="limit for connect and login")
+@click.option("--user", metavar="NAME", envvar=env("user"), help="DACS user name  [default: your login name]")
+@click.option("--app-id", default=DEFAULT_APP_ID, envvar=env("app_id"), metavar="ID",
+              help="DACS ApplicationId")
+@click.option("--position", metavar="IP[/HOST]", envvar=env("position"),
+              help="DACS Position  [default: the connection's local IPv4/hostname]")
+@click.option("-v", "--verbose", count=True, envvar=env("verbose"),
+              help="-v progress, -vv every frame sent and received")
+@click.option("-q", "--quiet", is_flag=True, envvar=env("quiet"), help="print nothing on success")
+@click.option("--json", "as_json", is_flag=True, envvar=env("json"), help="JSON lines on stdout")
+@click.option("--sim", is_flag=True, envvar=env("sim"),
+              help="use the built-in ADS emulator instead of a real ADS")
+@click.pass_context
+def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, connect_timeout: float,
+        user: str | None, app_id: str, position: str | None, verbose: int, quiet: bool, as_json: bool,
+        sim: bool) -> None:
+    """Contribute data to an ADS (Refinitiv Real-Time) over its WebSocket API."""
+    setup_logging(verbose, quiet)
+    ctx.obj = {"settings": Settings(host, port, user, app_id, position, path, tls, connect_timeout),
+               "sim": sim, "quiet": quiet,
+               "reporter": Reporter(click.get_text_stream("stdout"), click.get_text_stream("stderr"),
+                                    as_json, quiet)}
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The connection settings; with --sim, those of a freshly started emulator."""
+    settings = ctx.obj["settings"]
+    return start_sim(ctx.find_root(), settings) if ctx.obj["sim"] else settings
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """Diagnostics on stderr: warnings by default, -v progress, -vv every frame."""
+    handler = logging.StreamHandler(click.get_text_stream("stderr"))
+    handler.setFormatter(logging.Formatter("contribute: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else
+                 logging.ERROR if quiet else logging.WARNING)
+
+
+def start_sim(ctx: click.Context, settings: Settings) -> Settings:
+    """Start the emulator in-process on a free loopback port; stopped when the command ends."""
+    import ads_emulator
+
+    emulator = ads_emulator.Emulator(host="127.0.0.1", port=0, keep_received=False).start()
+
+    def stop() -> None:
+        try:
+            emulator.stop()
+        except ads_emulator.EmulatorError as exc:
+            raise click.ClickException(f"the built-in emulator failed: {exc}") from None
+
+    ctx.call_on_close(stop)
+    click.echo(f"contribute: --sim: using the built-in ADS emulator at {emulator.url}, "
+               "not a real ADS", err=True)
+    return settings._replace(host="127.0.0.1", port=emulator.port, path=ads_emulator.WS_PATH,
+                             tls=False)
+
+
+def post_options(command: Callable) -> Callable:
+    """The options post and run share: what to post, where, and how long to wait."""
+    options = [
+        click.option("--ric", required=True, metavar="RIC", help="item name"),
+        click.option("--service", metavar="NAME", envvar=env("service"),
+                     help="ADS service to post to  [default: 'service' in the config file]"),
+        click.option("--field", "fields", type=FieldType(), multiple=True, required=True,
+                     help="a field: NAME=VALUE (typed), NAME= (blank) or NAME:=JSON; repeatable"),
+        click.option("--domain", default="MarketPrice", envvar=env("domain"), metavar="DOMAIN",
+                     help="message domain"),
+        click.option("--ack-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+                     envvar=env("ack_timeout"), metavar="SECONDS", help="how long to wait for each Ack"),
+        click.option("--post-user-info/--no-post-user-info", default=True, envvar=env("post_user_info"),
+                     help="send PostUserInfo (address and user id) with each post"),
+        click.option("--post-user-address", metavar="IPV4", envvar=env("post_user_address"),
+                     help="PostUserInfo Address  [default: the connection's local IPv4 address]"),
+        click.option("--post-user-id", type=int, metavar="N", envvar=env("post_user_id"),
+                     help="PostUserInfo UserID  [default: this process id]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_spec(ric: str, service: str | None, fields: tuple, domain: str, ack_timeout: float,
+              post_user_info: bool, post_user_address: str | None, post_user_id: int | None) -> PostSpec:
+    if not service:
+        raise UsageProblem("no service: give --service, CONTRIBUTE_SERVICE or 'service' in the config file")
+    return PostSpec(service, ric, dict(fields), domain, ack_timeout, post_user_info,
+                    post_user_address, post_user_id)
+
+
+@cli.command()
+@post_options
+@click.option("--refresh", is_flag=True, help="post a Refresh: create the item or replace its field list")
+@click.pass_context
+def post(ctx: click.Context, refresh: bool, **spec: Any) -> None:
+    """Post once and wait for the Ack. An Update by default (changes only the given fields)."""
+    spec = make_spec(**spec)
+    ctx.exit(run_post(settings_of(ctx), spec, refresh, ctx.obj["reporter"]))
+
+
+@cli.command()
+@post_options
+@click.option("--refresh/--no-refresh", default=True, help="post a Refresh first")
+@click.option("--interval", type=click.FloatRange(0, min_open=True), default=5.0, envvar=env("interval"),
+              metavar="SECONDS", help="time between Updates")
+@click.option("--count", type=click.IntRange(0), envvar=env("count"), metavar="N",
+              help="number of Updates  [default: until interrupted]")
+@click.option("--walk", is_flag=True, envvar=env("walk"), help="move numeric fields by a small random step")
+@click.pass_context
+def run(ctx: click.Context, refresh: bool, interval: float, count: int | None, walk: bool,
+        **spec: Any) -> None:
+    """Contribute continuously: a Refresh, then an Update every --interval until stopped."""
+    spec = make_spec(**spec)
+    ctx.exit(run_run(settings_of(ctx), spec, ctx.obj["reporter"], refresh=refresh,
+                     interval=interval, count=count, walk_fields=walk))
+
+
+@cli.command()
+@click.pass_context
+def login(ctx: click.Context) -> None:
+    """Connect and log in only: check a DACS user, application id and position."""
+    ctx.exit(run_login(settings_of(ctx), ctx.obj["reporter"]))
+
+
+def main() -> None:
+    try:
+        cli(prog_name="contribute.py")
+    except BrokenPipeError:
+        sys.stderr.close()             # stdout's reader went away: nothing left to say
+        sys.exit(Exit.INTERNAL)
+
+
+if __name__ == "__main__":
+    main()
