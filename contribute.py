@@ -60,6 +60,11 @@ class Exit(IntEnum):
 
 EXIT_TABLE = "\n".join(line.strip() for line in __doc__.split("Exit codes:")[1].strip().splitlines())
 
+# The login attributes `login` shows, with their --json names.
+LOGIN_ATTRIBUTES = {"SupportOMMPost": "support_omm_post", "PingTimeout": "ping_timeout",
+                    "MaxMsgSize": "max_msg_size", "ApplicationName": "application_name",
+                    "ApplicationId": "application_id", "Position": "position"}
+
 # Hints for the common cases, keyed by NakCode or login State Code.
 HINTS = {
     "SymbolUnknown": "the item does not exist in that service yet: post a Refresh first (--refresh)",
@@ -783,11 +788,11 @@ def run_login(settings: Settings, reporter: Reporter) -> Exit:
             reporter.hint(denied.code)
             return Exit.LOGIN
         attrs = login.attributes
-        shown = {k: attrs.get(k) for k in ("SupportOMMPost", "PingTimeout", "MaxMsgSize",
-                                            "ApplicationName", "ApplicationId", "Position")}
-        text = f"LOGIN accepted {json.dumps(login.text)} " + " ".join(f"{k}={v}" for k, v in shown.items())
+        text = f"LOGIN accepted {json.dumps(login.text)} " + \
+            " ".join(f"{k}={attrs.get(k)}" for k in LOGIN_ATTRIBUTES)
         reporter.result(text, {"status": "accepted", "text": login.text,
-                               **{to_snake(k): v for k, v in shown.items()}}, success=True)
+                               **{name: attrs.get(k) for k, name in LOGIN_ATTRIBUTES.items()}},
+                        success=True)
     return Exit.OK
 
 
@@ -825,10 +830,6 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
     interrupted = bool(session.interrupts)
     reporter.notice(f"run: {session.ledger.summary()}{' (interrupted)' if interrupted else ''}")
     return session.ledger.exit_code(interrupted)
-
-
-def to_snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
 
 
 # =========================================================== configuration
