@@ -966,7 +966,7 @@ def env(name: str) -> str:
               help="DACS ApplicationId")
 @click.option("--position", metavar="IP[/HOST]", envvar=env("position"),
               help="DACS Position  [default: the connection's local IPv4/hostname]")
-@click.option("-v", "--verbose", count=True, envvar=env("verbose"),
+@click.option("-v", "--verbose", count=True, envvar=env("verbose"), show_default=False,
               help="-v progress, -vv every frame sent and received")
 @click.option("-q", "--quiet", is_flag=True, envvar=env("quiet"), help="print nothing on success")
 @click.option("--json", "as_json", is_flag=True, envvar=env("json"), help="JSON lines on stdout")
@@ -980,7 +980,7 @@ def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, c
     setup_logging(verbose, quiet)
     ctx.obj = {"settings": Settings(host, port, user, app_id, position, path, tls, connect_timeout),
                "sim": sim, "quiet": quiet,
-               "reporter": Reporter(click.get_text_stream("stdout"), click.get_text_stream("stderr"),
+               "reporter": Reporter(sys.stdout, sys.stderr,
                                     as_json, quiet)}
 
 
@@ -992,7 +992,7 @@ def settings_of(ctx: click.Context) -> Settings:
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Diagnostics on stderr: warnings by default, -v progress, -vv every frame."""
-    handler = logging.StreamHandler(click.get_text_stream("stderr"))
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("contribute: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False
@@ -1024,7 +1024,7 @@ def post_options(command: Callable) -> Callable:
     options = [
         click.option("--ric", required=True, metavar="RIC", help="item name"),
         click.option("--service", metavar="NAME", envvar=env("service"),
-                     help="ADS service to post to  [default: 'service' in the config file]"),
+                     help="ADS service to post to (a cache or contribution service)"),
         click.option("--field", "fields", type=FieldType(), multiple=True, required=True,
                      help="a field: NAME=VALUE (typed), NAME= (blank) or NAME:=JSON; repeatable"),
         click.option("--domain", default="MarketPrice", envvar=env("domain"), metavar="DOMAIN",
