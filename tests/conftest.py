@@ -58,15 +58,15 @@ class Client:
 
 
 @pytest.fixture
-def emulator():
-    """A default-world emulator on an ephemeral loopback port."""
-    with Emulator() as emu:
-        yield emu
+def emu():
+    """A default-world emulator on an ephemeral loopback port; its failures fail the test."""
+    with Emulator() as emulator:
+        yield emulator
 
 
 @pytest.fixture
-def client(emulator):
-    c = Client(emulator.url)
+def client(emu):
+    c = Client(emu.url)
     yield c
     c.close()
 

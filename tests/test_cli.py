@@ -27,12 +27,6 @@ def login_seen(emu):
 
 
 @pytest.fixture
-def emu():
-    with Emulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
 def config(tmp_path):
     def write(text):
         path = tmp_path / "config.ini"

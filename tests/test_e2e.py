@@ -45,12 +45,6 @@ def received(emu: Emulator, mtype: str) -> list[dict]:
     return [m for m in emu.received() if isinstance(m, dict) and m.get("Type", "Request") == mtype]
 
 
-@pytest.fixture
-def emu():
-    with Emulator() as emulator:
-        yield emulator
-
-
 # ---------------------------------------------------------------- exit 0
 
 def test_post_is_acked_exit_0(emu):

@@ -21,27 +21,27 @@ def by_type(messages, mtype):
 
 # ---------------------------------------------------------------- handshake
 
-def test_handshake_tr_json2(emulator):
-    c = Client(emulator.url)
+def test_handshake_tr_json2(emu):
+    c = Client(emu.url)
     assert c.ws.subprotocol == "tr_json2"
     c.close()
 
 
-def test_handshake_accepts_and_echoes_alias(emulator):
-    c = Client(emulator.url, "rssl.json.v2")
+def test_handshake_accepts_and_echoes_alias(emu):
+    c = Client(emu.url, "rssl.json.v2")
     assert c.ws.subprotocol == "rssl.json.v2"
     c.close()
 
 
-def test_handshake_without_subprotocol_is_refused(emulator):
+def test_handshake_without_subprotocol_is_refused(emu):
     with pytest.raises(InvalidStatus) as info:
-        connect(emulator.url, open_timeout=TIMEOUT)
+        connect(emu.url, open_timeout=TIMEOUT)
     assert info.value.response.status_code == 400
 
 
-def test_handshake_on_wrong_path_is_refused(emulator):
+def test_handshake_on_wrong_path_is_refused(emu):
     with pytest.raises(InvalidStatus) as info:
-        connect(emulator.url.replace("/WebSocket", "/other"), subprotocols=["tr_json2"],
+        connect(emu.url.replace("/WebSocket", "/other"), subprotocols=["tr_json2"],
                 open_timeout=TIMEOUT)
     assert info.value.response.status_code == 404
     assert b"/WebSocket" in info.value.response.body
@@ -147,37 +147,37 @@ def test_answered_ping_keeps_the_connection():
 
 # -------------------------------------------------------------------- posts
 
-def test_off_stream_update_is_acked_with_the_key(client, emulator):
+def test_off_stream_update_is_acked_with_the_key(client, emu):
     client.login()
     [ack] = client.roundtrip(post(fields={"BID": 30.5}, post_id=42))
     assert ack == {"ID": 1, "Type": "Ack", "AckID": 42,
                    "Key": {"Service": "NIPROV", "Name": "UMER.TST"}}
-    assert emulator.item("NIPROV", "UMER.TST")["BID"] == 30.5
-    assert emulator.item("NIPROV", "UMER.TST")["ASK"] == 24.5     # merged, not replaced
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 30.5
+    assert emu.item("NIPROV", "UMER.TST")["ASK"] == 24.5     # merged, not replaced
 
 
-def test_numeric_service_id_is_acked_with_the_name(client, emulator):
+def test_numeric_service_id_is_acked_with_the_name(client, emu):
     client.login()
     [ack] = client.roundtrip(post(service=1))
     assert ack["Key"] == {"Service": "NIPROV", "Name": "UMER.TST"} and "NakCode" not in ack
 
 
-def test_refresh_creates_and_replaces_an_item(client, emulator):
+def test_refresh_creates_and_replaces_an_item(client, emu):
     client.login()
     [ack] = client.roundtrip(post(ric="NEW.TST", mtype="Refresh", fields={"BID": 1, "ASK": 2}))
     assert "NakCode" not in ack
-    assert emulator.item("NIPROV", "NEW.TST") == {"BID": 1, "ASK": 2}
+    assert emu.item("NIPROV", "NEW.TST") == {"BID": 1, "ASK": 2}
     client.roundtrip(post(ric="NEW.TST", mtype="Refresh", fields={"TRDPRC_1": 3}, post_id=2))
-    assert emulator.item("NIPROV", "NEW.TST") == {"TRDPRC_1": 3}
+    assert emu.item("NIPROV", "NEW.TST") == {"TRDPRC_1": 3}
 
 
-def test_update_to_unknown_item_is_nakked_symbol_unknown(client, emulator):
+def test_update_to_unknown_item_is_nakked_symbol_unknown(client, emu):
     client.login()
     [nak] = client.roundtrip(post(ric="DAVE.TST"))
     assert nak == {"ID": 1, "Type": "Ack", "AckID": 1, "NakCode": "SymbolUnknown",
                    "Text": "F44: Unable to find item on post update.",
                    "Key": {"Service": "NIPROV", "Name": "DAVE.TST"}}
-    assert emulator.item("NIPROV", "DAVE.TST") is None
+    assert emu.item("NIPROV", "DAVE.TST") is None
 
 
 @pytest.mark.parametrize("service", ["NOSUCH", 9999])
@@ -213,10 +213,10 @@ def test_user_without_post_permission_is_nakked_access_denied():
         c.close()
 
 
-def test_post_without_ack_gets_no_reply(client, emulator):
+def test_post_without_ack_gets_no_reply(client, emu):
     client.login()
     assert client.roundtrip(post(fields={"BID": 7}, Ack=False)) == []
-    assert emulator.item("NIPROV", "UMER.TST")["BID"] == 7
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 7
 
 
 def test_post_on_a_stream_that_is_not_open_is_nakked(client):
@@ -227,8 +227,8 @@ def test_post_on_a_stream_that_is_not_open_is_nakked(client):
     assert nak["ID"] == 5 and nak["NakCode"] == "NotOpen"
 
 
-def test_on_stream_post_is_acked_and_fanned_out(emulator):
-    watcher, poster = Client(emulator.url), Client(emulator.url)
+def test_on_stream_post_is_acked_and_fanned_out(emu):
+    watcher, poster = Client(emu.url), Client(emu.url)
     watcher.login("w")
     poster.login("p")
     watcher.send({"ID": 2, "Key": {"Name": "UMER.TST", "Service": "NIPROV"}})
@@ -251,7 +251,7 @@ def test_on_stream_post_is_acked_and_fanned_out(emulator):
 
 # --------------------------------------------------------------- dictionary
 
-def test_unknown_field_gets_an_error_and_no_ack(client, emulator):
+def test_unknown_field_gets_an_error_and_no_ack(client, emu):
     client.login()
     [error] = client.roundtrip(post(fields={"BID_CUSTOM": 1}, post_id=3))
     assert error["ID"] == 1 and error["Type"] == "Error"
@@ -259,11 +259,11 @@ def test_unknown_field_gets_an_error_and_no_ack(client, emulator):
     assert json.loads(error["Debug"]["Message"])["PostID"] == 3
 
 
-def test_numeric_fid_is_accepted_and_stored_by_name(client, emulator):
+def test_numeric_fid_is_accepted_and_stored_by_name(client, emu):
     client.login()
     [ack] = client.roundtrip(post(fields={"22": 45.5, "1000": "txt"}))
     assert "NakCode" not in ack
-    item = emulator.item("NIPROV", "UMER.TST")
+    item = emu.item("NIPROV", "UMER.TST")
     assert item["BID"] == 45.5 and item["GEN_TEXT16"] == "txt"
 
 
@@ -274,17 +274,17 @@ def test_numeric_fid_is_accepted_and_stored_by_name(client, emulator):
     ({"TRADE_DATE": "02/01/2024"}, "JSON RSSL Conversion Error. RSSL error code : -1"),
     ({"BID": True}, "JSON invalid primitive type."),
 ])
-def test_wrong_value_type_gets_an_error(client, emulator, fields, text):
+def test_wrong_value_type_gets_an_error(client, emu, fields, text):
     client.login()
     [error] = client.roundtrip(post(fields=fields))
     assert error["Type"] == "Error" and text in error["Text"]
 
 
-def test_special_values_and_blanks_are_accepted(client, emulator):
+def test_special_values_and_blanks_are_accepted(client, emu):
     client.login()
     [ack] = client.roundtrip(post(fields={"BID": "NaN", "ASK": None, "TRDTIM_1": "15:37:34.624"}))
     assert "NakCode" not in ack and ack["Type"] == "Ack"
-    assert emulator.item("NIPROV", "UMER.TST")["ASK"] is None
+    assert emu.item("NIPROV", "UMER.TST")["ASK"] is None
 
 
 def test_dictionary_file_is_loaded(tmp_path):
@@ -332,7 +332,7 @@ def test_malformed_messages_get_documented_errors(client, msg, stream, text):
     assert set(error["Debug"]) == {"File", "Line", "Offset", "Message"}
 
 
-def test_frame_is_processed_in_order(client, emulator):
+def test_frame_is_processed_in_order(client, emu):
     client.login()
     replies = client.roundtrip([post(ric="A.TST", mtype="Refresh", post_id=1),
                                 post(ric="A.TST", fields={"BID": 2.0}, post_id=2),
@@ -376,14 +376,14 @@ def test_snapshot_is_non_streaming_and_gets_no_updates(client):
     assert [m["Type"] for m in client.roundtrip(post())] == ["Ack"]
 
 
-def test_close_and_login_close_stop_updates(client, emulator):
+def test_close_and_login_close_stop_updates(client, emu):
     client.login()
     client.roundtrip([{"ID": 3, "Key": {"Name": "UMER.TST"}}, {"ID": 4, "Key": {"Name": "UMER.TST"}}])
     assert [m["ID"] for m in client.roundtrip(post())] == [3, 4, 1]
     client.send({"ID": 3, "Type": "Close"})
     assert [m["ID"] for m in client.roundtrip(post(post_id=2))] == [4, 1]
     client.send({"ID": 1, "Type": "Close", "Domain": "Login"})
-    emulator.wait_for(lambda m: m.get("Type") == "Close" and m.get("Domain") == "Login", TIMEOUT)
+    emu.wait_for(lambda m: m.get("Type") == "Close" and m.get("Domain") == "Login", TIMEOUT)
     client.login()
     assert [m["ID"] for m in client.roundtrip(post(post_id=3))] == [1]
 
@@ -501,15 +501,15 @@ def test_server_failures_are_reraised_at_exit(monkeypatch):
         emu.stop()
 
 
-def test_wait_for_and_milestones(client, emulator):
+def test_wait_for_and_milestones(client, emu):
     client.login()
-    assert emulator.logged_in.wait(TIMEOUT)
+    assert emu.logged_in.wait(TIMEOUT)
     client.send(post())
-    assert emulator.post_received.wait(TIMEOUT)
-    msg = emulator.wait_for(lambda m: m.get("Type") == "Post", TIMEOUT)
+    assert emu.post_received.wait(TIMEOUT)
+    msg = emu.wait_for(lambda m: m.get("Type") == "Post", TIMEOUT)
     assert msg["PostID"] == 1
     with pytest.raises(TimeoutError):
-        emulator.wait_for(lambda m: m.get("Type") == "Generic", 0.05)
+        emu.wait_for(lambda m: m.get("Type") == "Generic", 0.05)
 
 
 def test_standalone_command(tmp_path):
