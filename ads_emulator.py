@@ -77,7 +77,6 @@ import logging
 import re
 import shlex
 import signal
-import socket
 import sys
 import threading
 import time
@@ -655,8 +654,7 @@ class Session:
             if stream != self.login_id:
                 ack["Text"] = "All is well"
             if server.faults.ack_delay_ms:
-                asyncio.get_running_loop().create_task(
-                    self.send_later([ack], server.faults.ack_delay_ms / 1000))
+                server.background(self.send_later([ack], server.faults.ack_delay_ms / 1000))
             else:
                 replies.append(ack)
 
@@ -775,6 +773,7 @@ class EmulatorServer:
         self.errors: list[BaseException] = []
         self.conn_ids = itertools.count(1)
         self.sessions: set[Session] = set()
+        self.tasks: set[asyncio.Task] = set()      # background work, kept until done
         self.watchers: dict[tuple[str, str, str], dict[tuple[Session, int], None]] = {}  # ordered set
         self.posts = 0
 
@@ -794,6 +793,17 @@ class EmulatorServer:
         return None
 
     # -- bookkeeping used by sessions
+
+    def background(self, coro: Any) -> None:
+        """Run coro as a task that is kept referenced and whose failure is recorded."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self.tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.errors.append(t.exception())
+        task.add_done_callback(done)
 
     def record(self, conn_id: int, msg: Any) -> None:
         if not self.keep_received:

@@ -397,12 +397,13 @@ class Connection:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.events: queue.Queue[Event] = queue.Queue()
+        # SimpleQueue: its put() is reentrant, so a signal handler may use it too.
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._app: Any = None
         self._sock: Any = None           # the websocket.WebSocket, kept to close its fd
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.closed = False
+        self.closed = False              # set by the websocket thread when the socket is gone
 
     def open(self) -> None:
         """Start connecting; Opened or Closed arrives as an event."""
@@ -419,9 +420,9 @@ class Connection:
         try:
             self._app.run_forever(skip_utf8_validation=True)
         except BaseException as exc:      # run_forever itself failed: still end with Closed
-            self.events.put(Closed(None, "", exc))
-            return
-        if not self.closed:               # run_forever returned without calling on_close
+            self._error = exc
+        if not self.closed:               # run_forever ended without calling on_close
+            self.closed = True
             self.events.put(Closed(None, "", self._error))
 
     # Callbacks run on the websocket thread: never block, never raise.
@@ -465,7 +466,10 @@ class Connection:
         """The one way out: every frame is logged with '>' at debug level."""
         if log.isEnabledFor(logging.DEBUG):
             log.debug("> %s", text)
-        self._app.send(text)
+        try:
+            self._app.send(text)
+        except Exception as exc:          # websocket-client's closed-socket errors, OSError
+            raise ConnectFailed(f"connection lost while sending: {exc or type(exc).__name__}") from None
 
     def next_event(self, deadline: float | None) -> Event | None:
         """The next event, or None once the monotonic deadline has passed."""
@@ -483,7 +487,7 @@ class Connection:
         sock = self._sock
         if self._app is None or sock is None:    # never opened: the thread ends on its own
             return
-        if sock is not None and sock.connected and not self.closed:
+        if sock.connected and not self.closed:
             try:
                 sock.send_close()
             except Exception as exc:       # the socket died under us: nothing to wait for
@@ -491,8 +495,7 @@ class Connection:
         self._app.keep_running = False
         if self._thread:
             self._thread.join(CLOSE_TIMEOUT)
-        if sock is not None:
-            sock.shutdown()
+        sock.shutdown()
 
 
 # =========================================================== orchestration
@@ -588,14 +591,14 @@ class Session:
                 self.reporter.outcome(outcome)
             self._restore_signals()
 
-    # Signals: SIGINT and SIGTERM become an Interrupted event. The handler only
-    # starts a thread that queues the event: putting from the handler itself
-    # could deadlock on the queue's lock held by the interrupted main thread.
+    # Signals: SIGINT and SIGTERM become an Interrupted event on the queue the
+    # main thread waits on, so it wakes at once, whatever it was waiting for.
     def _catch_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+
         def handler(signum: int, frame: Any) -> None:
-            threading.Thread(target=self.conn.events.put, args=(Interrupted(),), daemon=True).start()
+            self.conn.events.put(Interrupted())
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._saved_handlers[sig] = signal.signal(sig, handler)
 
@@ -692,7 +695,6 @@ class Session:
         elif isinstance(event, LoginDenied):
             raise LoginRefused(login_error(event, during_session=True), HINTS.get(event.code), event)
         elif isinstance(event, Closed):
-            self.conn.closed = True
             text = f"connection lost: {describe_close(event)}"
             for outcome in self.ledger.fail_all("lost", text):
                 self.reporter.outcome(outcome)
