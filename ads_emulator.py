@@ -650,7 +650,7 @@ class Session:
             self.dropped = True
             return
         if want_ack and not server.faults.withholds_ack(ric):
-            ack = ack_message(stream, post_id, key if stream == self.login_id else None)
+            ack = ack_message(stream, post_id, key)          # key is {} on-stream: not echoed
             if stream != self.login_id:
                 ack["Text"] = "All is well"
             if server.faults.ack_delay_ms:
