@@ -64,6 +64,11 @@ This emulator's own choices, where no public source says what an ADS does:
   timeout". An oversized message is closed with 1009 "message too big".
 - --drop-after-posts N: the Nth post (counted across the server) is applied
   to the cache, its Ack is not sent, and the TCP connection is aborted.
+- --login-recover N: the first N logins get a Login Status ClosedRecover/
+  Suspect "DacsDown" with H-STATE's text "A21: Connection to DACS down, users
+  are not allowed to connect". --close-login-after-posts N: the Nth post is
+  applied, then the login stream is closed (Status Closed/Suspect
+  "NotEntitled", "<user>, access revoked.") instead of the Ack.
 """
 from __future__ import annotations
 
@@ -350,6 +355,8 @@ class Faults:
     drop_after_posts: int = 0
     hang_after_login: bool = False
     ping_with_login: bool = False          # pack a Ping into the login Refresh's frame
+    login_recover: int = 0                 # answer the first N logins ClosedRecover (DACS down)
+    close_login_after_posts: int = 0       # close the login stream (Closed) at the Nth post
 
     def nak_for(self, ric: str) -> tuple[str, str] | None:
         for glob, code, text in self.nak_rics:
@@ -555,6 +562,11 @@ class Session:
             replies.append(status("UserAccessToAppDenied",
                                   f"Application {app_id} is not permitted for user {user}."))
             return
+        if self.server.count_login_recover():
+            recover = status("DacsDown", "A21: Connection to DACS down, users are not allowed to connect")
+            recover["State"]["Stream"] = "ClosedRecover"
+            replies.append(recover)
+            return
         reissue = self.login_id == stream
         self.login_id, self.user = stream, user
         if reissue and msg.get("Refresh") is False:
@@ -646,8 +658,16 @@ class Session:
                 item.fields.update(fields)
             item.post_user_info = info
         server.fan_out(item_key, ptype, fields, info, outbox)
-        if server.count_post():
+        drop, close_login = server.count_post()
+        if drop:
             self.dropped = True
+            return
+        if close_login:                    # the Ack is not sent: the login is gone first
+            replies.append({"ID": self.login_id, "Type": "Status", "Domain": "Login",
+                            "Key": {"Name": self.user},
+                            "State": {"Stream": "Closed", "Data": "Suspect", "Code": "NotEntitled",
+                                      "Text": f"{self.user}, access revoked."}})
+            self.close(self.login_id, "Login")
             return
         if want_ack and not server.faults.withholds_ack(ric):
             ack = ack_message(stream, post_id, key)          # key is {} on-stream: not echoed
@@ -776,6 +796,7 @@ class EmulatorServer:
         self.tasks: set[asyncio.Task] = set()      # background work, kept until done
         self.watchers: dict[tuple[str, str, str], dict[tuple[Session, int], None]] = {}  # ordered set
         self.posts = 0
+        self.logins = 0
 
     async def handler(self, ws: ServerConnection) -> None:
         session = Session(self, ws, next(self.conn_ids))
@@ -823,11 +844,16 @@ class EmulatorServer:
         if self.echo:
             print(f"{conn_id} {'<' if direction == 'in' else '>'} {text}", file=sys.stderr)
 
-    def count_post(self) -> bool:
-        """Count a post; True when --drop-after-posts says this one drops the connection."""
+    def count_post(self) -> tuple[bool, bool]:
+        """Count a post: does it drop the connection, does it close the login (per the faults)?"""
         self.posts += 1
-        n = self.faults.drop_after_posts
-        return bool(n) and self.posts % n == 0
+        drop, close = self.faults.drop_after_posts, self.faults.close_login_after_posts
+        return bool(drop) and self.posts % drop == 0, self.posts == close
+
+    def count_login_recover(self) -> bool:
+        """True while --login-recover says this login is answered ClosedRecover."""
+        self.logins += 1
+        return self.logins <= self.faults.login_recover
 
     def watch(self, session: Session, stream: int, key: tuple[str, str, str]) -> None:
         self.watchers.setdefault(key, {})[(session, stream)] = None
@@ -1007,6 +1033,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop reading and writing after the login, keeping the socket open")
     f.add_argument("--ping-with-login", action="store_true",
                    help="pack a Ping into the login Refresh's frame")
+    f.add_argument("--login-recover", type=int, default=0, metavar="N",
+                   help="answer the first N logins ClosedRecover/DacsDown")
+    f.add_argument("--close-login-after-posts", type=int, default=0, metavar="N",
+                   help="close the login stream (Closed/NotEntitled) at the Nth post")
     p.add_argument("--log", metavar="FILE", help="write every frame as JSON Lines")
     p.add_argument("-v", "--verbose", action="store_true", help="print every frame on stderr")
     return p
@@ -1026,7 +1056,9 @@ def emulator_from_args(args: argparse.Namespace, log_file: Any = None) -> Emulat
     faults = Faults(ack_delay_ms=args.ack_delay_ms, no_ack_rics=args.no_ack_ric,
                     nak_rics=[parse_nak_rule(r) for r in args.nak_ric],
                     drop_after_posts=args.drop_after_posts,
-                    hang_after_login=args.hang_after_login, ping_with_login=args.ping_with_login)
+                    hang_after_login=args.hang_after_login, ping_with_login=args.ping_with_login,
+                    login_recover=args.login_recover,
+                    close_login_after_posts=args.close_login_after_posts)
     dictionary = Dictionary.load(args.dictionary) if args.dictionary else Dictionary.builtin()
     return Emulator(world, faults, dictionary, args.bind, args.port, args.ping_interval,
                     args.ping_timeout, log_file, args.verbose, keep_received=False)

@@ -486,6 +486,31 @@ def test_hang_after_login_neither_reads_nor_writes():
         c.close()
 
 
+def test_login_recover_then_accepted_on_the_same_connection():
+    with Emulator(faults=Faults(login_recover=2)) as emu:
+        c = Client(emu.url)
+        for _ in range(2):
+            [status] = c.login()
+            assert status["State"] == {"Stream": "ClosedRecover", "Data": "Suspect", "Code": "DacsDown",
+                                       "Text": "A21: Connection to DACS down, users are not allowed to connect"}
+        assert c.login()[0]["Type"] == "Refresh"
+        c.close()
+
+
+def test_close_login_after_posts():
+    with Emulator(faults=Faults(close_login_after_posts=2)) as emu:
+        c = Client(emu.url)
+        c.login("bob")
+        [ack] = c.roundtrip(post())
+        [status] = c.roundtrip(post(fields={"BID": 5}, post_id=2))
+        assert status["Type"] == "Status" and status["Domain"] == "Login"
+        assert status["State"]["Stream"] == "Closed" and status["State"]["Code"] == "NotEntitled"
+        assert emu.item("NIPROV", "UMER.TST")["BID"] == 5
+        c.send(post(post_id=3))                     # logged out now: Error, then close
+        assert c.recv()[0]["Text"] == "Login required before any other message."
+        c.close()
+
+
 # ---------------------------------------------------- harness & standalone
 
 def test_server_failures_are_reraised_at_exit(monkeypatch):
