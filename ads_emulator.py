@@ -986,6 +986,15 @@ class Emulator:
                     raise TimeoutError("no matching message received in time")
                 self.server.changed.wait(remaining)
 
+    def drop_connections(self) -> None:
+        """Abort every client's TCP connection at once, as a network fault would."""
+        def drop() -> None:
+            for session in list(self.server.sessions):
+                session.hung = True
+                session.ws.transport.abort()
+        if self.loop:
+            self.loop.call_soon_threadsafe(drop)
+
     def item(self, service: str, ric: str, domain: str = "MarketPrice") -> dict | None:
         """A copy of a cached item's fields, or None."""
         with self.server.lock:

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from enum import IntEnum
-from typing import IO, Any, Callable, NamedTuple
+from typing import IO, Any, Callable, Iterator, NamedTuple
 
 import click
 
@@ -44,6 +44,7 @@ DEFAULT_APP_ID = "256"
 DEFAULT_PATH = "/WebSocket"
 CLOSE_TIMEOUT = 2.0          # seconds to wait for the server's close frame
 PONG_TEXT = '{"Type":"Pong"}'
+PING_TEXT = '{"Type":"Ping"}'
 
 
 class Exit(IntEnum):
@@ -99,6 +100,10 @@ class UsageProblem(ContributeError):
 
 class ConnectFailed(ContributeError):
     exit_code = Exit.CONNECT
+
+
+class ConnectionLost(ConnectFailed):
+    """An established connection ended (closed, failed, or silent beyond PingTimeout)."""
 
 
 class LoginRefused(ContributeError):
@@ -327,6 +332,7 @@ class Pending(NamedTuple):
     service: str
     ric: str
     deadline: float
+    message: dict | None = None        # the Post as sent, kept to send again after a reconnect
 
 
 class Ledger:
@@ -335,12 +341,23 @@ class Ledger:
     def __init__(self) -> None:
         self.pending: dict[int, Pending] = {}
         self.counts: dict[str, int] = {}        # outcomes by status
+        self.resent = 0
         self._ids = itertools.count(1)
 
-    def add(self, service: str, ric: str, deadline: float) -> int:
+    def add(self, service: str, ric: str, deadline: float, message: dict | None = None) -> int:
+        """A new pending post; its PostID is also written into message."""
         post_id = next(self._ids)
-        self.pending[post_id] = Pending(service, ric, deadline)
+        if message is not None:
+            message["PostID"] = post_id
+        self.pending[post_id] = Pending(service, ric, deadline, message)
         return post_id
+
+    def resend(self, deadline: float) -> list[dict]:
+        """Every pending post's message, oldest first, each with a fresh ack deadline."""
+        for post_id, post in self.pending.items():
+            self.pending[post_id] = post._replace(deadline=deadline)
+        self.resent += len(self.pending)
+        return [post.message for post in self.pending.values() if post.message is not None]
 
     def resolve(self, post_id: Any, status: str, nak_code: str | None = None,
                 text: str | None = None) -> Outcome | None:
@@ -381,24 +398,24 @@ class Ledger:
         parts = [f"{self.counts.get(s, 0)} {label}" for s, label in
                  (("ack", "acknowledged"), ("nak", "nakked"), ("error", "errored"),
                   ("timeout", "timed out"), ("lost", "not acknowledged"))]
-        return f"{total} posts: " + ", ".join(parts)
+        return f"{total} posts: " + ", ".join(parts) + f" ({self.resent} resent)"
 
 
 # ============================================================= connection
 
 class Connection:
-    """A WebSocketApp on a background thread, feeding events to one queue.
+    """A WebSocketApp on a background thread, feeding events to the session's queue.
 
     The reader thread answers Ping with Pong at once and turns every other
-    message into an event; the main thread takes them with next_event().
+    message into an event, queued as (this connection, event).
     Callbacks never raise: an exception becomes a Failure event, and the end
     of the socket always becomes a Closed event.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, events: "queue.SimpleQueue[tuple[Connection | None, Event]]") -> None:
         self.url = url
-        # SimpleQueue: its put() is reentrant, so a signal handler may use it too.
-        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.events = events             # the session's queue; each event says which connection
+        self.last_rx = time.monotonic()  # when anything last arrived (liveness)
         self._app: Any = None
         self._sock: Any = None           # the websocket.WebSocket, kept to close its fd
         self._thread: threading.Thread | None = None
@@ -423,15 +440,17 @@ class Connection:
             self._error = exc
         if not self.closed:               # run_forever ended without calling on_close
             self.closed = True
-            self.events.put(Closed(None, "", self._error))
+            self.events.put((self, Closed(None, "", self._error)))
 
     # Callbacks run on the websocket thread: never block, never raise.
 
     def _on_open(self, app: Any) -> None:
         self._sock = app.sock
-        self.events.put(Opened())
+        self.last_rx = time.monotonic()
+        self.events.put((self, Opened()))
 
     def _on_message(self, app: Any, data: bytes | str) -> None:
+        self.last_rx = time.monotonic()
         try:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("< %s", data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
@@ -446,16 +465,16 @@ class Connection:
                 if isinstance(event, PingReceived):
                     self.send_text(PONG_TEXT)
                 else:
-                    self.events.put(event)
+                    self.events.put((self, event))
         except Exception as exc:
-            self.events.put(Failure(exc))
+            self.events.put((self, Failure(exc)))
 
     def _on_error(self, app: Any, error: BaseException) -> None:
         self._error = self._error or error
 
     def _on_close(self, app: Any, code: int | None, reason: str | None) -> None:
         self.closed = True
-        self.events.put(Closed(code, reason or "", self._error))
+        self.events.put((self, Closed(code, reason or "", self._error)))
 
     # Main thread.
 
@@ -469,15 +488,7 @@ class Connection:
         try:
             self._app.send(text)
         except Exception as exc:          # websocket-client's closed-socket errors, OSError
-            raise ConnectFailed(f"connection lost while sending: {exc or type(exc).__name__}") from None
-
-    def next_event(self, deadline: float | None) -> Event | None:
-        """The next event, or None once the monotonic deadline has passed."""
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return self.events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+            raise ConnectionLost(f"connection lost while sending: {exc or type(exc).__name__}") from None
 
     def local_address(self) -> str:
         return self._sock.sock.getsockname()[0]
@@ -510,13 +521,34 @@ class Settings(NamedTuple):
     path: str = DEFAULT_PATH
     tls: bool = False
     connect_timeout: float = 10.0
+    retries: int = 0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
 
-    def url(self) -> str:
+    def hosts(self) -> list[tuple[str, int]]:
+        """--host as a list: `ads1:15000,ads2,[::1]:15001`; an entry without a port uses --port."""
         if not self.host:
             raise UsageProblem("no ADS host: give --host, CONTRIBUTE_HOST or 'host' in the config file "
                                "(or --sim for the built-in emulator)")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}{self.path}"
+        hosts = []
+        for entry in filter(None, (e.strip() for e in self.host.split(","))):
+            if entry.startswith("["):                     # [IPv6]:port
+                host, _, rest = entry[1:].partition("]")
+                port = rest[1:] if rest.startswith(":") else ""
+            elif entry.count(":") == 1:
+                host, port = entry.split(":")
+            else:                                         # a name, or a bare IPv6 address
+                host, port = entry, ""
+            if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+                raise UsageProblem(f"--host: {entry!r} is not HOST or HOST:PORT")
+            hosts.append((host, int(port) if port else self.port))
+        if not hosts:
+            raise UsageProblem("--host is empty")
+        return hosts
+
+    def url_for(self, host: str, port: int) -> str:
+        host = f"[{host}]" if ":" in host else host
+        return f"{'wss' if self.tls else 'ws'}://{host}:{port}{self.path}"
 
 
 class PostSpec(NamedTuple):
@@ -559,18 +591,41 @@ class Reporter:
         if not self.quiet:
             self.err.write(f"{text}\n")
 
+    def event(self, kind: str, message: str, **data: Any) -> None:
+        """A session event (reconnect, login retry): a JSON line with --json, else a stderr line."""
+        if self.as_json:
+            self.out.write(encode({"event": kind, **data}) + "\n")
+            self.out.flush()
+        else:
+            self.notice(f"contribute: {message}")
+
 
 class Session:
-    """One connection and login: sends, receives and keeps the ledger (main thread only)."""
+    """One contributing session: connection, login, ledger. Used by the main thread only.
 
-    def __init__(self, settings: Settings, reporter: Reporter) -> None:
+    With recover=True (long-running commands) a lost connection is not the
+    end: recover() backs off, reconnects through the host list, logs in again
+    and resends every post still pending, keeping its PostID.
+    """
+
+    def __init__(self, settings: Settings, reporter: Reporter, *, recover: bool = False,
+                 resend: bool = True, window: int | None = None) -> None:
         self.settings = settings
+        self.hosts = settings.hosts()            # validated now: a usage error before any I/O
         self.reporter = reporter
-        self.conn = Connection(settings.url())
+        self.recover_enabled = recover
+        self.resend_enabled = resend
+        self.window = window
+        # SimpleQueue: its put() is reentrant, so the signal handler may use it too.
+        self.events: queue.SimpleQueue[tuple[Connection | None, Event]] = queue.SimpleQueue()
+        self.conn: Connection | None = None
+        self.where = ""                          # host:port of the current connection
         self.ledger = Ledger()
         self.login: LoginAccepted | None = None
-        self._post_user_info: dict | None = None
         self.interrupts = 0
+        self._pinged_at = 0.0
+        self._post_user_info: dict | None = None
+        self._rng: Any = None
         self._saved_handlers: dict[int, Any] = {}
 
     def __enter__(self) -> "Session":
@@ -580,16 +635,23 @@ class Session:
     def __exit__(self, *exc_info: Any) -> None:
         """The one shutdown path: login Close, close the socket, report what is still pending."""
         try:
-            if self.login is not None and not self.conn.closed:
-                try:
-                    self.conn.send(build_login_close())
-                except Exception as exc:
-                    log.debug("login Close not sent: %s", exc)
-            self.conn.close()
+            self._disconnect(logout=True)
         finally:
             for outcome in self.ledger.fail_all("lost", "not acknowledged before the session ended"):
                 self.reporter.outcome(outcome)
             self._restore_signals()
+
+    def _disconnect(self, logout: bool) -> None:
+        conn, self.conn = self.conn, None        # from now on its events are stale
+        if conn is None:
+            return
+        if logout and self.login is not None and not conn.closed:
+            try:
+                conn.send(build_login_close())
+            except ContributeError as exc:
+                log.debug("login Close not sent: %s", exc)
+        self.login = None
+        conn.close()
 
     # Signals: SIGINT and SIGTERM become an Interrupted event on the queue the
     # main thread waits on, so it wakes at once, whatever it was waiting for.
@@ -598,7 +660,7 @@ class Session:
             return
 
         def handler(signum: int, frame: Any) -> None:
-            self.conn.events.put(Interrupted())
+            self.events.put((None, Interrupted()))
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._saved_handlers[sig] = signal.signal(sig, handler)
 
@@ -606,49 +668,172 @@ class Session:
         for sig, old in self._saved_handlers.items():
             signal.signal(sig, old)
 
+    def next_event(self, deadline: float | None) -> Event | None:
+        """The next event of the current connection (or a signal), None at the deadline."""
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                source, event = self.events.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if source is None or source is self.conn:
+                return event                     # else: left over from an earlier connection
+
     # -- connect and log in
 
     def connect(self) -> LoginAccepted:
+        """Log in through the first host that accepts; --retries more rounds of the list.
+
+        With one host and no retries the error is that host's own; otherwise
+        it names every host and why it failed.
+        """
+        failures = []
+        rounds = self.settings.retries + 1
+        delays = self.backoff()
+        for round_number in range(rounds):
+            for host, port in self.hosts:
+                try:
+                    return self._open(host, port)
+                except LoginRefused as exc:
+                    if exc.state is None or exc.state.stream_state != "ClosedRecover":
+                        raise                    # a real denial: another host will say the same
+                    error: ContributeError = exc
+                except (ConnectFailed, Timeout) as exc:
+                    error = exc
+                if len(self.hosts) == 1 and rounds == 1:
+                    raise error
+                failures.append(f"{host}:{port} ({error})")
+                log.info("%s:%s failed: %s", host, port, error)
+            if round_number + 1 < rounds and not self.pause(next(delays)):
+                raise KeyboardInterrupt
+        raise ConnectFailed("could not log in to any ADS: " + "; ".join(failures),
+                            "check --host, --port and that the ADS is up")
+
+    def _open(self, host: str, port: int) -> LoginAccepted:
+        """Connect to one host and log in, within --connect-timeout."""
         s = self.settings
+        self._disconnect(logout=False)
+        self.where = f"{host}:{port}"
+        self.conn = conn = Connection(s.url_for(host, port), self.events)
         deadline = time.monotonic() + s.connect_timeout
-        where = f"{s.host}:{s.port}"
-        log.info("connecting to %s", self.conn.url)
-        self.conn.open()
-        event = self.conn.next_event(deadline)
+        log.info("connecting to %s", conn.url)
+        conn.open()
+        event = self.next_event(deadline)
         if event is None:
-            raise ConnectFailed(f"could not connect to {where} within {s.connect_timeout:g}s",
+            raise ConnectFailed(f"could not connect to {self.where} within {s.connect_timeout:g}s",
                                 "check --host and --port, and that no firewall drops the traffic")
         if isinstance(event, Interrupted):
             raise KeyboardInterrupt
         if isinstance(event, Closed):
-            raise connect_error(event, where, self.conn.url)
+            raise connect_error(event, self.where, conn.url)
         if not isinstance(event, Opened):
             raise ProtocolViolation(f"unexpected event before the connection opened: {event}")
-        position = s.position or f"{self.conn.local_address()}/{socket.gethostname()}"
+        position = s.position or f"{conn.local_address()}/{socket.gethostname()}"
         user = s.user or default_user()
+        login = build_login(user, s.app_id, position)
         log.info("logging in as %s (ApplicationId %s, Position %s)", user, s.app_id, position)
-        self.conn.send(build_login(user, s.app_id, position))
+        conn.send(login)
+        delays = self.backoff()
         while True:
-            event = self.conn.next_event(deadline)
+            event = self.next_event(deadline)
             if event is None:
-                raise Timeout(f"no login response from {where} within {s.connect_timeout:g}s")
+                raise Timeout(f"no login response from {self.where} within {s.connect_timeout:g}s")
             if isinstance(event, LoginAccepted):
                 self.login = event
+                self._pinged_at = 0.0
                 if event.attributes.get("SupportOMMPost", 1) != 1:
                     log.warning("the ADS does not announce SupportOMMPost: posts may be refused")
                 return event
             if isinstance(event, LoginDenied):
-                raise LoginRefused(login_error(event), HINTS.get(event.code), event)
-            if isinstance(event, Interrupted):
+                delay = next(delays)
+                if event.stream_state != "ClosedRecover" or time.monotonic() + delay >= deadline:
+                    raise LoginRefused(login_error(event), HINTS.get(event.code), event)
+                self.reporter.event("login_retry", f"login: {describe_state(event)}; "
+                                    f"logging in again in {delay:.1f}s", where=self.where,
+                                    code=event.code, text=event.text, delay=round(delay, 3))
+                if not self.pause(delay):
+                    raise KeyboardInterrupt
+                conn.send(login)
+            elif isinstance(event, Interrupted):
                 raise KeyboardInterrupt
+            else:
+                self.dispatch(event)
+
+    def backoff(self) -> Iterator[float]:
+        """Exponential backoff with jitter: from --reconnect-min (at most 0.5 s) doubling to the cap."""
+        if self._rng is None:
+            import random                     # kept off the start-up path of one-shot commands
+            self._rng = random.Random()
+        delay = self.settings.reconnect_min
+        while True:
+            yield delay / 2 + self._rng.uniform(0, delay / 2)
+            delay = min(self.settings.reconnect_max, delay * 2)
+
+    def pause(self, seconds: float) -> bool:
+        """Wait while still handling events; False when interrupted."""
+        until = time.monotonic() + seconds
+        while True:
+            event = self.next_event(until)
+            if event is None:
+                return True
+            if isinstance(event, Interrupted):
+                self.interrupts += 1
+                return False
             self.dispatch(event)
+
+    def recover(self, reason: str) -> None:
+        """Back off, reconnect (cycling through the hosts), log in and resend what is pending."""
+        start = next((i for i, h in enumerate(self.hosts) if f"{h[0]}:{h[1]}" == self.where), -1)
+        self.reporter.event("disconnected", f"{reason} ({self.where})",
+                            where=self.where, reason=reason, pending=len(self.ledger.pending))
+        self._disconnect(logout=False)
+        if not self.resend_enabled:
+            for outcome in self.ledger.fail_all("lost", reason):
+                self.reporter.outcome(outcome)
+        delays = self.backoff()
+        for attempt in itertools.count(1):
+            host, port = self.hosts[(start + attempt) % len(self.hosts)]
+            delay = next(delays)
+            self.reporter.event("reconnecting", f"reconnecting to {host}:{port} in {delay:.2f}s "
+                                f"(attempt {attempt})", where=f"{host}:{port}", delay=round(delay, 3),
+                                attempt=attempt)
+            if not self.pause(delay):
+                for outcome in self.ledger.fail_all("lost", f"interrupted while reconnecting: {reason}"):
+                    self.reporter.outcome(outcome)
+                return
+            try:
+                self._open(host, port)
+                break
+            except LoginRefused as exc:
+                if exc.state is None or exc.state.stream_state != "ClosedRecover":
+                    raise
+                log.info("%s:%s: %s", host, port, exc)
+            except (ConnectFailed, Timeout) as exc:
+                log.info("%s:%s: %s", host, port, exc)
+        messages = self.ledger.resend(time.monotonic() + self._ack_timeout)
+        self.reporter.event("reconnected", f"reconnected to {self.where}; resending {len(messages)} "
+                            "posts", where=self.where, resent=len(messages))
+        for message in messages:
+            self.conn.send(message)
 
     # -- posts
 
+    _ack_timeout = 10.0                          # the ack timeout of the latest post
+
     def post(self, spec: PostSpec, fields: dict[str, Any], refresh: bool) -> int:
-        post_id = self.ledger.add(spec.service, spec.ric, time.monotonic() + spec.ack_timeout)
-        self.conn.send(build_post(post_id, spec.service, spec.ric, fields, refresh=refresh,
-                                  domain=spec.domain, post_user_info=self.post_user_info(spec)))
+        """Send one post (waiting first while --window posts are in flight)."""
+        while self.window and len(self.ledger.pending) >= self.window and not self.interrupts:
+            self.wait(None)
+        self._ack_timeout = spec.ack_timeout
+        message = build_post(0, spec.service, spec.ric, fields, refresh=refresh, domain=spec.domain,
+                             post_user_info=self.post_user_info(spec))
+        post_id = self.ledger.add(spec.service, spec.ric, time.monotonic() + spec.ack_timeout, message)
+        try:
+            self.conn.send(message)
+        except ConnectionLost as exc:
+            if not self.recover_enabled:
+                raise
+            self.recover(str(exc))               # resends this post too
         return post_id
 
     def post_user_info(self, spec: PostSpec) -> dict | None:
@@ -662,17 +847,48 @@ class Session:
         return self._post_user_info or None
 
     def wait(self, until: float | None) -> Event | None:
-        """Handle one event, or expire overdue posts; returns the event (None at a deadline)."""
-        deadline = self.ledger.next_deadline()
-        if until is not None:
-            deadline = until if deadline is None else min(deadline, until)
-        event = self.conn.next_event(deadline)
+        """Handle one event, expire overdue posts and keep the connection alive.
+
+        Returns the event, or None at a deadline. A lost connection is
+        recovered from when the session recovers, else it raises.
+        """
+        try:
+            return self._wait(until)
+        except ConnectionLost as exc:
+            if self.interrupts:                  # stopping anyway: what is pending is lost
+                for outcome in self.ledger.fail_all("lost", str(exc)):
+                    self.reporter.outcome(outcome)
+                return None
+            if not self.recover_enabled:
+                raise
+            self.recover(str(exc))
+            return None
+
+    def _wait(self, until: float | None) -> Event | None:
+        deadlines = [d for d in (until, self.ledger.next_deadline(), self._liveness()) if d is not None]
+        event = self.next_event(min(deadlines) if deadlines else None)
         if event is not None:
             self.dispatch(event)
         if self.ledger.pending and self.ledger.next_deadline() <= time.monotonic():
             for outcome in self.ledger.expire(time.monotonic()):
                 self.reporter.outcome(outcome)
         return event
+
+    def _liveness(self) -> float | None:
+        """Ping after PingTimeout/3 of silence; ConnectionLost after PingTimeout; the next check time."""
+        timeout = self.login.ping_timeout if self.login else None
+        if not timeout or self.conn is None:
+            return None
+        now, last_rx = time.monotonic(), self.conn.last_rx
+        if now - last_rx >= timeout:
+            raise ConnectionLost(f"nothing received from {self.where} for {timeout}s (PingTimeout)")
+        if self._pinged_at > last_rx:
+            return last_rx + timeout
+        if now - last_rx >= timeout / 3:
+            self.conn.send_text(PING_TEXT)
+            self._pinged_at = now
+            return last_rx + timeout
+        return last_rx + timeout / 3
 
     def drain(self) -> None:
         """Wait until no post is pending (each has its own ack deadline)."""
@@ -693,12 +909,11 @@ class Session:
             if post_id is None or not self.settle(post_id, "error", text=event.text):
                 log.error("the ADS sent an Error on stream %s: %s", event.stream, event.text)
         elif isinstance(event, LoginDenied):
+            if event.stream_state == "ClosedRecover" and self.recover_enabled:
+                raise ConnectionLost(f"login stream closed: {describe_state(event)}")
             raise LoginRefused(login_error(event, during_session=True), HINTS.get(event.code), event)
         elif isinstance(event, Closed):
-            text = f"connection lost: {describe_close(event)}"
-            for outcome in self.ledger.fail_all("lost", text):
-                self.reporter.outcome(outcome)
-            raise ConnectFailed(text)
+            raise ConnectionLost(f"connection lost: {describe_close(event)}")
         elif isinstance(event, Failure):
             if isinstance(event.error, ContributeError):
                 raise event.error
@@ -807,12 +1022,14 @@ def run_post(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
 
 
 def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: bool = True,
-            interval: float = 5.0, count: int | None = None, walk_fields: bool = False) -> Exit:
-    """A Refresh (unless refresh is False), then an Update every interval, count times or until stopped."""
+            interval: float = 5.0, count: int | None = None, walk_fields: bool = False,
+            window: int | None = None, resend: bool = True) -> Exit:
+    """A Refresh (unless refresh is False), then an Update every interval, count times or until
+    stopped; recovering from lost connections."""
     import random                         # only run needs it: kept off the start-up path
     rng = random.Random()
     fields = dict(spec.fields)
-    with Session(settings, reporter) as session:
+    with Session(settings, reporter, recover=True, resend=resend, window=window) as session:
         session.connect()
         if refresh:
             session.post(spec, fields, refresh=True)
@@ -838,8 +1055,8 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
 
 CONFIG_SECTION = "contribute"
 GLOBAL_KEYS = {"host", "port", "user", "app_id", "position", "path", "tls", "connect_timeout",
-               "verbose", "quiet", "json", "sim"}
-COMMAND_KEYS = {"service", "domain", "ack_timeout", "interval", "count", "walk",
+               "retries", "reconnect_min", "reconnect_max", "verbose", "quiet", "json", "sim"}
+COMMAND_KEYS = {"service", "domain", "ack_timeout", "interval", "count", "walk", "window", "resend",
                 "post_user_info", "post_user_address", "post_user_id"}
 
 
@@ -894,7 +1111,9 @@ def load_config(path: str) -> dict[str, Any]:
     values = read_config(path)
     command = {k: v for k, v in values.items() if k in COMMAND_KEYS}
     defaults: dict[str, Any] = {k: v for k, v in values.items() if k in GLOBAL_KEYS}
-    defaults.update({"post": dict(command), "run": dict(command)})
+    run_only = {"interval", "count", "walk", "window", "resend"}
+    defaults.update({"post": {k: v for k, v in command.items() if k not in run_only},
+                     "run": dict(command)})
     return defaults
 
 
@@ -956,13 +1175,20 @@ def env(name: str) -> str:
 @click.option("--config", metavar="PATH", envvar=env("config"), is_eager=True, expose_value=False,
               callback=config_callback,
               help="INI file with a [contribute] section  [default: ./config.ini, else beside contribute.py]")
-@click.option("--host", metavar="HOST", envvar=env("host"), help="ADS host name or address")
+@click.option("--host", metavar="HOST[:PORT],...", envvar=env("host"),
+              help="ADS host, or a comma-separated list tried in order (failover)")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, envvar=env("port"),
               help="ADS WebSocket port")
 @click.option("--path", default=DEFAULT_PATH, envvar=env("path"), metavar="PATH", help="WebSocket path")
 @click.option("--tls/--no-tls", default=False, envvar=env("tls"), help="use wss://")
 @click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
               envvar=env("connect_timeout"), metavar="SECONDS", help="limit for connect and login")
+@click.option("--retries", type=click.IntRange(0), default=0, envvar=env("retries"), metavar="N",
+              help="more rounds through the host list before giving up on connecting")
+@click.option("--reconnect-min", type=click.FloatRange(0, 0.5, min_open=True), default=0.5,
+              envvar=env("reconnect_min"), metavar="SECONDS", help="first reconnect backoff (doubles)")
+@click.option("--reconnect-max", type=click.FloatRange(0, min_open=True), default=30.0,
+              envvar=env("reconnect_max"), metavar="SECONDS", help="longest reconnect backoff")
 @click.option("--user", metavar="NAME", envvar=env("user"), help="DACS user name  [default: your login name]")
 @click.option("--app-id", default=DEFAULT_APP_ID, envvar=env("app_id"), metavar="ID",
               help="DACS ApplicationId")
@@ -976,11 +1202,13 @@ def env(name: str) -> str:
               help="use the built-in ADS emulator instead of a real ADS")
 @click.pass_context
 def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, connect_timeout: float,
-        user: str | None, app_id: str, position: str | None, verbose: int, quiet: bool, as_json: bool,
-        sim: bool) -> None:
+        retries: int, reconnect_min: float, reconnect_max: float, user: str | None, app_id: str,
+        position: str | None, verbose: int, quiet: bool, as_json: bool, sim: bool) -> None:
     """Contribute data to an ADS (Refinitiv Real-Time) over its WebSocket API."""
     setup_logging(verbose, quiet)
-    ctx.obj = {"settings": Settings(host, port, user, app_id, position, path, tls, connect_timeout),
+    settings = Settings(host, port, user, app_id, position, path, tls, connect_timeout, retries,
+                        reconnect_min, max(reconnect_min, reconnect_max))
+    ctx.obj = {"settings": settings,
                "sim": sim, "quiet": quiet,
                "reporter": Reporter(sys.stdout, sys.stderr,
                                     as_json, quiet)}
@@ -1017,8 +1245,7 @@ def start_sim(ctx: click.Context, settings: Settings) -> Settings:
     ctx.call_on_close(stop)
     click.echo(f"contribute: --sim: using the built-in ADS emulator at {emulator.url}, "
                "not a real ADS", err=True)
-    return settings._replace(host="127.0.0.1", port=emulator.port, path=ads_emulator.WS_PATH,
-                             tls=False)
+    return settings._replace(host=f"127.0.0.1:{emulator.port}", path=ads_emulator.WS_PATH, tls=False)
 
 
 def post_options(command: Callable) -> Callable:
@@ -1071,13 +1298,21 @@ def post(ctx: click.Context, refresh: bool, **spec: Any) -> None:
 @click.option("--count", type=click.IntRange(0), envvar=env("count"), metavar="N",
               help="number of Updates  [default: until interrupted]")
 @click.option("--walk", is_flag=True, envvar=env("walk"), help="move numeric fields by a small random step")
+@click.option("--window", type=click.IntRange(1), default=1000, envvar=env("window"), metavar="N",
+              help="most posts in flight; posting waits while it is full")
+@click.option("--resend/--no-resend", default=True, envvar=env("resend"),
+              help="after a reconnect, post again what was in flight (at-least-once)")
 @click.pass_context
-def run(ctx: click.Context, refresh: bool, interval: float, count: int | None, walk: bool,
-        **spec: Any) -> None:
-    """Contribute continuously: a Refresh, then an Update every --interval until stopped."""
+def run(ctx: click.Context, refresh: bool, interval: float, count: int | None, walk: bool, window: int,
+        resend: bool, **spec: Any) -> None:
+    """Contribute continuously: a Refresh, then an Update every --interval until stopped.
+
+    A lost connection is recovered: backoff, reconnect through the host list,
+    log in, and post again what was in flight (unless --no-resend).
+    """
     spec = make_spec(**spec)
     ctx.exit(run_run(settings_of(ctx), spec, ctx.obj["reporter"], refresh=refresh,
-                     interval=interval, count=count, walk_fields=walk))
+                     interval=interval, count=count, walk_fields=walk, window=window, resend=resend))
 
 
 @cli.command()
