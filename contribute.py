@@ -803,18 +803,19 @@ class Session:
                 return
             try:
                 self._open(host, port)
-                break
+                messages = self.ledger.resend(time.monotonic() + self._ack_timeout)
+                for message in messages:          # oldest first, before anything new
+                    self.conn.send(message)
             except LoginRefused as exc:
                 if exc.state is None or exc.state.stream_state != "ClosedRecover":
                     raise
                 log.info("%s:%s: %s", host, port, exc)
-            except (ConnectFailed, Timeout) as exc:
+            except (ConnectFailed, Timeout) as exc:  # ConnectionLost too: lost again while resending
                 log.info("%s:%s: %s", host, port, exc)
-        messages = self.ledger.resend(time.monotonic() + self._ack_timeout)
-        self.reporter.event("reconnected", f"reconnected to {self.where}; resending {len(messages)} "
-                            "posts", where=self.where, resent=len(messages))
-        for message in messages:
-            self.conn.send(message)
+            else:
+                self.reporter.event("reconnected", f"reconnected to {self.where}; resent "
+                                    f"{len(messages)} posts", where=self.where, resent=len(messages))
+                return
 
     # -- posts
 
