@@ -187,3 +187,21 @@ def test_window_holds_posting_until_a_slot_frees():
             assert len(session.ledger.pending) == 1
             session.drain()
     assert out.getvalue().count("TIMEOUT") == 3
+
+
+def test_acks_withheld_for_some_rics_only_those_time_out():
+    with Emulator(faults=Faults(no_ack_rics=["SILENT.*"])) as emu:
+        out = io.StringIO()
+        settings = Settings(f"127.0.0.1:{emu.port}", user="tester")
+        with Session(settings, Reporter(out, io.StringIO())) as session:
+            session.connect()
+            for ric in ("SILENT.A", "LOUD.A", "SILENT.B", "LOUD.B"):
+                spec = PostSpec("NIPROV", ric, {"BID": 1.0}, ack_timeout=0.3)
+                session.post(spec, spec.fields, refresh=True)
+            session.drain()
+        assert session.ledger.counts == {"ack": 2, "timeout": 2}
+        assert int(session.ledger.exit_code()) == 6
+    lines = sorted(out.getvalue().splitlines())
+    assert [line.split()[:3] for line in lines] == [
+        ["ACK", "NIPROV", "LOUD.A"], ["ACK", "NIPROV", "LOUD.B"],
+        ["TIMEOUT", "NIPROV", "SILENT.A"], ["TIMEOUT", "NIPROV", "SILENT.B"]]
