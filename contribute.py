@@ -710,11 +710,22 @@ class Session:
                             "check --host, --port and that the ADS is up")
 
     def _open(self, host: str, port: int) -> LoginAccepted:
-        """Connect to one host and log in, within --connect-timeout."""
-        s = self.settings
+        """Connect to one host and log in, within --connect-timeout.
+
+        On failure the connection is closed at once, so that nothing it still
+        delivers is mistaken for news of the next attempt.
+        """
         self._disconnect(logout=False)
         self.where = f"{host}:{port}"
-        self.conn = conn = Connection(s.url_for(host, port), self.events)
+        self.conn = Connection(self.settings.url_for(host, port), self.events)
+        try:
+            return self._login(self.conn)
+        except BaseException:
+            self._disconnect(logout=False)
+            raise
+
+    def _login(self, conn: Connection) -> LoginAccepted:
+        s = self.settings
         deadline = time.monotonic() + s.connect_timeout
         log.info("connecting to %s", conn.url)
         conn.open()
