@@ -189,6 +189,11 @@ class Nakked(NamedTuple):
     text: str
 
 
+class AckBatch(NamedTuple):
+    """Positive Acks with no Text, as one event per frame: the bulk fast path."""
+    ack_ids: list
+
+
 class ServerError(NamedTuple):
     stream: Any
     text: str
@@ -217,8 +222,8 @@ class Interrupted(NamedTuple):
     pass
 
 
-Event = (Opened | LoginAccepted | LoginDenied | Acked | Nakked | ServerError | PingReceived
-         | Other | Closed | Failure | Interrupted)
+Event = (Opened | LoginAccepted | LoginDenied | Acked | AckBatch | Nakked | ServerError
+         | PingReceived | Other | Closed | Failure | Interrupted)
 
 
 def classify(msg: Any) -> Event:
@@ -266,6 +271,17 @@ _DECIMAL = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
 _NAME = re.compile(r"-?[A-Za-z0-9_]+")
 
 
+def typed_value(raw: str) -> Any:
+    """A text value typed as --field and CSV cells type it: int, decimal, blank (''), else string."""
+    if raw == "":
+        return None
+    if _INT.fullmatch(raw):
+        return int(raw)
+    if _DECIMAL.fullmatch(raw):
+        return float(raw)
+    return raw
+
+
 def parse_field(text: str) -> tuple[str, Any]:
     """NAME=VALUE (typed: int, decimal, blank, else string) or NAME:=JSON (raw)."""
     if ":=" in text and ("=" not in text or text.index(":=") < text.index("=")):
@@ -276,14 +292,7 @@ def parse_field(text: str) -> tuple[str, Any]:
             raise ValueError(f"{text!r}: the value after ':=' is not JSON") from None
     elif "=" in text:
         name, raw = text.split("=", 1)
-        if raw == "":
-            value = None
-        elif _INT.fullmatch(raw):
-            value = int(raw)
-        elif _DECIMAL.fullmatch(raw):
-            value = float(raw)
-        else:
-            value = raw
+        value = typed_value(raw)
     else:
         raise ValueError(f"{text!r}: expected NAME=VALUE or NAME:=JSON")
     if not _NAME.fullmatch(name):
@@ -305,6 +314,108 @@ def walk(fields: dict[str, Any], rng: Any) -> dict[str, Any]:
     return out
 
 
+# ============================================================= bulk input
+# `post --file`: CSV or JSON Lines, read as a stream of Row (or BadRow) items.
+
+class Row(NamedTuple):
+    line: int
+    ric: str
+    service: str | None                # None: --service or the config
+    refresh: bool | None               # None: --refresh decides
+    fields: dict[str, Any]
+    raw: Any                           # as read: the CSV cells, or the JSON line (for --failed-out)
+
+
+class BadRow(NamedTuple):
+    line: int
+    text: str
+
+
+class EndOfInput(NamedTuple):
+    error: str | None                  # why reading stopped early, if it did
+
+
+def parse_type(value: Any) -> bool | None:
+    """A row's TYPE/type: Refresh -> True, Update -> False, empty -> None."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, str) and value.lower() in ("refresh", "update"):
+        return value.lower() == "refresh"
+    raise ValueError(f"type {value!r} is not Refresh or Update")
+
+
+def csv_rows(lines: Iterator[str]) -> Iterator[Row | BadRow]:
+    """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field."""
+    import csv
+
+    reader = csv.reader(lines)
+    header = [h.strip() for h in next(reader, [])]
+    upper = [h.upper() for h in header]
+    if "RIC" not in upper:
+        yield BadRow(1, "the CSV header has no RIC column")
+        return
+    special = {name: upper.index(name) for name in ("RIC", "SERVICE", "TYPE") if name in upper}
+    columns = [(i, name) for i, name in enumerate(header) if i not in special.values()]
+    for i, name in columns:
+        if not _NAME.fullmatch(name):
+            yield BadRow(1, f"header column {i + 1} {name!r} is not a field name or FID")
+            return
+    ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
+    for cells in reader:
+        line = reader.line_num
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            yield BadRow(line, f"{len(cells)} cells where the header has {len(header)}")
+            continue
+        ric = cells[ric_at].strip()
+        if not ric:
+            yield BadRow(line, "no RIC")
+            continue
+        try:
+            refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
+        except ValueError as exc:
+            yield BadRow(line, str(exc))
+            continue
+        service = cells[service_at].strip() or None if service_at is not None else None
+        yield Row(line, ric, service, refresh, {name: typed_value(cells[i]) for i, name in columns}, cells)
+
+
+def jsonl_rows(lines: Iterator[str]) -> Iterator[Row | BadRow]:
+    """Rows of JSON Lines: {"ric": ..., "service": ..., "type": "Refresh"|"Update", "fields": {...}}."""
+    for line, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            yield BadRow(line, f"not JSON: {exc}")
+            continue
+        if not isinstance(obj, dict):
+            yield BadRow(line, "not a JSON object")
+            continue
+        ric, service, fields = obj.get("ric"), obj.get("service"), obj.get("fields")
+        problem = ("no ric" if not isinstance(ric, str) or not ric else
+                   "service is not a string" if service is not None and not isinstance(service, str) else
+                   "fields is not an object" if not isinstance(fields, dict) else None)
+        if problem is None:
+            try:
+                refresh = parse_type(obj.get("type"))
+            except ValueError as exc:
+                problem = str(exc)
+        if problem:
+            yield BadRow(line, problem)
+            continue
+        yield Row(line, ric, service or None, refresh, fields, text.rstrip("\r\n"))
+
+
+def input_format(path: str, fmt: str | None) -> str:
+    """csv or jsonl: --format, else the file's extension; stdin is CSV unless --format says."""
+    if fmt:
+        return fmt
+    return "jsonl" if path.lower().endswith((".jsonl", ".ndjson", ".json")) else "csv"
+
+
 # ========================================================= ack bookkeeping
 
 class Outcome(NamedTuple):
@@ -315,9 +426,12 @@ class Outcome(NamedTuple):
     post_id: int
     nak_code: str | None = None
     text: str | None = None
+    line: int | None = None            # the input line, for posts read from a file
 
-    def line(self) -> str:
+    def render(self) -> str:
         words = [self.status.upper(), self.service, self.ric, f"post {self.post_id}"]
+        if self.line is not None:
+            words.append(f"line {self.line}")
         if self.nak_code:
             words.append(self.nak_code)
         if self.text:
@@ -460,12 +574,22 @@ class Connection:
                 parsed = json.loads(data)
             except ValueError as exc:
                 raise ProtocolViolation(f"the server sent a frame that is not JSON ({exc})") from None
+            acks: list = []                 # plain positive Acks travel as one event
             for msg in parsed if isinstance(parsed, list) else [parsed]:
+                if type(msg) is dict and msg.get("Type") == "Ack" and "NakCode" not in msg \
+                        and "Text" not in msg:
+                    acks.append(msg.get("AckID"))
+                    continue
+                if acks:
+                    self.events.put((self, AckBatch(acks)))
+                    acks = []
                 event = classify(msg)
                 if isinstance(event, PingReceived):
                     self.send_text(PONG_TEXT)
                 else:
                     self.events.put((self, event))
+            if acks:
+                self.events.put((self, AckBatch(acks)))
         except Exception as exc:
             self.events.put((self, Failure(exc)))
 
@@ -571,7 +695,7 @@ class Reporter:
 
     def outcome(self, outcome: Outcome) -> None:
         if not (self.quiet and outcome.status == "ack"):
-            self.out.write((outcome.as_json() if self.as_json else outcome.line()) + "\n")
+            self.out.write((outcome.as_json() if self.as_json else outcome.render()) + "\n")
             self.out.flush()
         if outcome.status == "error" and outcome.text and "Unexpected FID" in outcome.text:
             self.hint("UnexpectedFID")
@@ -627,6 +751,7 @@ class Session:
         self._post_user_info: dict | None = None
         self._rng: Any = None
         self._saved_handlers: dict[int, Any] = {}
+        self.on_other: Callable[[Any], None] | None = None   # events that are not the protocol's
 
     def __enter__(self) -> "Session":
         self._catch_signals()
@@ -876,15 +1001,22 @@ class Session:
             self.recover(str(exc))
             return None
 
+    BURST = 256                                  # events handled per wait, when they are queued
+
     def _wait(self, until: float | None) -> Event | None:
         deadlines = [d for d in (until, self.ledger.next_deadline(), self._liveness()) if d is not None]
         event = self.next_event(min(deadlines) if deadlines else None)
-        if event is not None:
+        last, handled = event, 0
+        while event is not None:                 # then what is already queued, up to BURST
             self.dispatch(event)
+            last, handled = event, handled + 1
+            if isinstance(event, Interrupted) or handled >= self.BURST:
+                break
+            event = self.next_event(0)
         if self.ledger.pending and self.ledger.next_deadline() <= time.monotonic():
             for outcome in self.ledger.expire(time.monotonic()):
                 self.reporter.outcome(outcome)
-        return event
+        return last
 
     def _liveness(self) -> float | None:
         """Ping after PingTimeout/3 of silence; ConnectionLost after PingTimeout; the next check time."""
@@ -910,7 +1042,10 @@ class Session:
 
     def dispatch(self, event: Event) -> None:
         """Every event's effect, in one place."""
-        if isinstance(event, Acked):
+        if isinstance(event, AckBatch):
+            for ack_id in event.ack_ids:
+                self.settle(ack_id, "ack")
+        elif isinstance(event, Acked):
             self.settle(event.ack_id, "ack")
         elif isinstance(event, Nakked):
             self.settle(event.ack_id, "nak", event.code, event.text)
@@ -935,6 +1070,8 @@ class Session:
             log.info("interrupted: no new posts")
         elif isinstance(event, Other):
             log.debug("ignored: %s", event.msg)
+        elif self.on_other is not None:
+            self.on_other(event)
 
     def settle(self, post_id: Any, status: str, code: str | None = None, text: str | None = None) -> bool:
         outcome = self.ledger.resolve(post_id, status, code, text)
@@ -1063,12 +1200,261 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
     return session.ledger.exit_code(interrupted)
 
 
+class Bulk:
+    """`post --file`: rows from a reader thread, packed into frames, pipelined.
+
+    The reader thread puts rows on the session's queue and takes one slot of
+    the window for each; a slot is given back when the row's post ends. So
+    rows read plus posts in flight never exceed --window: memory stays flat
+    whatever the input's size. A frame is sent as soon as the queue is
+    momentarily empty or PER_FRAME posts are waiting, so a slow pipe is posted
+    row by row and a file in full frames, never over the login's MaxMsgSize.
+    """
+
+    PER_FRAME = 100
+
+    def __init__(self, spec: PostSpec, refresh: bool, window: int, rate: float | None,
+                 strict: bool, reporter: Reporter, failed_out: str | None, fmt: str) -> None:
+        self.spec, self.refresh, self.rate, self.strict = spec, refresh, rate, strict
+        self.reporter = reporter
+        # The window's slots, as tokens in a SimpleQueue (its get and put are C: cheap per row).
+        self.slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(window):
+            self.slots.put(None)
+        self.batch: list[Row] = []
+        self.held: list[Row] = []           # rows waiting for --rate
+        self.next_at = 0.0                  # when --rate lets the next row go
+        self.rows: dict[int, Row] = {}      # post id -> row, while in flight
+        self.max_size = 61430
+        self.ended = False                  # all input read
+        self.stopped = False                # --strict met a bad row
+        self.read_error: str | None = None
+        self.invalid = 0
+        self.posted = 0
+        self.header: list[str] = []         # CSV header, for --failed-out
+        self.session: Session | None = None
+        self.failed_out = FailedRows(failed_out, fmt, self.header) if failed_out else None
+
+    # -- rows in
+
+    def feed(self, rows: Iterator[Row | BadRow], events: Any) -> None:
+        """The reader thread: every row takes a window slot, then goes on the session queue."""
+        try:
+            for item in rows:
+                self.slots.get()
+                events.put((None, item))
+            events.put((None, EndOfInput(None)))
+        except Exception as exc:            # unreadable input (I/O, not UTF-8): reported, not raised
+            events.put((None, EndOfInput(f"{type(exc).__name__}: {exc}")))
+
+    def take(self, item: Any) -> None:
+        """The main thread's side of the queue (Session.on_other)."""
+        if isinstance(item, Row):
+            (self.held if self.rate else self.batch).append(item)
+            if len(self.batch) >= self.PER_FRAME and self.session is not None:
+                self.flush(self.session)
+        elif isinstance(item, BadRow):
+            self.slots.put(None)
+            self.reject(item.line, item.text)
+        elif isinstance(item, EndOfInput):
+            self.ended, self.read_error = True, item.error
+            if item.error:
+                log.error("input: %s", item.error)
+
+    def reject(self, line: int, text: str) -> None:
+        self.invalid += 1
+        rep = self.reporter
+        rep.out.write((encode({"status": "invalid", "line": line, "text": text}) if rep.as_json
+                       else f"INVALID line {line} {json.dumps(text)}") + "\n")
+        if self.strict:
+            self.stopped = True
+
+    def release_held(self) -> float | None:
+        """Move the rows --rate allows now into the batch; when the next one may go."""
+        now = time.monotonic()
+        while self.held and self.next_at <= now:
+            self.batch.append(self.held.pop(0))
+            self.next_at = max(self.next_at, now - 1 / self.rate) + 1 / self.rate
+        return self.next_at if self.held else None
+
+    # -- posts out
+
+    def flush(self, session: "Session") -> None:
+        """Post the batch: one frame, split where MaxMsgSize demands."""
+        batch, self.batch = self.batch, []
+        deadline = time.monotonic() + self.spec.ack_timeout
+        info = session.post_user_info(self.spec)
+        messages = []
+        for row in batch:
+            service = row.service or self.spec.service
+            if not service:
+                self.slots.put(None)
+                self.reject(row.line, "no service: give --service or a SERVICE column")
+                continue
+            refresh = self.refresh if row.refresh is None else row.refresh
+            message = build_post(0, service, row.ric, row.fields, refresh=refresh,
+                                 domain=self.spec.domain, post_user_info=info)
+            self.rows[session.ledger.add(service, row.ric, deadline, message)] = row
+            messages.append(message)
+        self.posted += len(messages)
+        try:
+            self.send(session, messages)
+        except ConnectionLost as exc:       # recover() posts them again with the others pending
+            session.recover(str(exc))
+
+    def send(self, session: "Session", messages: list[dict]) -> None:
+        if not messages:
+            return
+        text = encode(messages)             # ASCII (json escapes the rest): length is bytes
+        if len(text) <= self.max_size:
+            session.conn.send_text(text)
+        elif len(messages) == 1:
+            session.settle(messages[0]["PostID"], "error",
+                           text=f"the post is larger than the ADS's MaxMsgSize ({self.max_size} bytes)")
+        else:
+            half = len(messages) // 2
+            self.send(session, messages[:half])
+            self.send(session, messages[half:])
+
+
+class FailedRows:
+    """--failed-out: failed rows written back in the input's format, to be posted again."""
+
+    def __init__(self, path: str, fmt: str, header: list[str]) -> None:
+        self.path, self.fmt, self.header = path, fmt, header
+        self.file: IO[str] | None = None
+        self.writer: Any = None
+        self.count = 0
+
+    def write(self, row: Row) -> None:
+        if self.file is None:
+            self.file = open(self.path, "w", encoding="utf-8", newline="")
+            if self.fmt == "csv":
+                import csv
+                self.writer = csv.writer(self.file)
+                self.writer.writerow(self.header)
+        if self.writer is not None:
+            self.writer.writerow(row.raw)
+        else:
+            self.file.write(row.raw + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class BulkReporter(Reporter):
+    """Outcomes of a bulk run: only failures are printed, each with its input line."""
+
+    def __init__(self, base: Reporter, bulk: Bulk) -> None:
+        super().__init__(base.out, base.err, base.as_json, base.quiet)
+        self.bulk = bulk
+        self.nak_codes: dict[str, int] = {}
+
+    def outcome(self, outcome: Outcome) -> None:
+        row = self.bulk.rows.pop(outcome.post_id, None)
+        if row is not None:
+            self.bulk.slots.put(None)
+        if outcome.status == "ack":
+            return
+        if row is not None:
+            outcome = outcome._replace(line=row.line)
+        if outcome.nak_code:
+            self.nak_codes[outcome.nak_code] = self.nak_codes.get(outcome.nak_code, 0) + 1
+        super().outcome(outcome)
+        if row is not None and self.bulk.failed_out is not None:
+            self.bulk.failed_out.write(row)
+
+
+def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter, *, path: str,
+             fmt: str, window: int, rate: float | None, strict: bool, failed_out: str | None) -> Exit:
+    """post --file: every row posted and accounted for, with a summary at the end."""
+    import io
+
+    try:
+        binary = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
+    text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+    bulk = Bulk(spec, refresh, window, rate, strict, reporter, failed_out, fmt)
+    rows = jsonl_rows(text) if fmt == "jsonl" else csv_rows_with_header(text, bulk.header)
+    started = time.monotonic()
+    progress = progress_bar(reporter, path)
+    try:
+        with Session(settings, BulkReporter(reporter, bulk), recover=True) as session:
+            session.on_other = bulk.take
+            bulk.session = session
+            login = session.connect()
+            bulk.max_size = int(login.attributes.get("MaxMsgSize") or bulk.max_size)
+            threading.Thread(target=bulk.feed, args=(rows, session.events), name="input",
+                             daemon=True).start()
+            while not (bulk.ended and not bulk.batch and not bulk.held) and not session.interrupts \
+                    and not bulk.stopped:
+                until = time.monotonic() if bulk.batch else bulk.release_held()
+                event = session.wait(until)
+                if bulk.held:
+                    bulk.release_held()
+                if bulk.batch and (event is None or len(bulk.batch) >= bulk.PER_FRAME):
+                    bulk.flush(session)
+                    if progress is not None:
+                        progress.update(binary.tell() - progress.pos)
+            bulk.batch += bulk.held        # stopping: what was read is still posted
+            bulk.held = []
+            bulk.flush(session)
+            session.drain()
+    finally:
+        if progress is not None:
+            progress.render_finish()
+        if bulk.failed_out is not None:
+            bulk.failed_out.close()
+        if binary is not sys.stdin.buffer:
+            binary.close()
+    elapsed = time.monotonic() - started
+    ledger = session.ledger
+    summary = {"posted": bulk.posted, "acknowledged": ledger.counts.get("ack", 0),
+               "nakked": session.reporter.nak_codes, "errored": ledger.counts.get("error", 0),
+               "timed_out": ledger.counts.get("timeout", 0), "lost": ledger.counts.get("lost", 0),
+               "invalid": bulk.invalid, "resent": ledger.resent, "elapsed": round(elapsed, 3),
+               "posts_per_second": round(bulk.posted / elapsed) if elapsed else 0}
+    if reporter.as_json:
+        reporter.out.write(encode({"summary": summary}) + "\n")
+    else:
+        reporter.notice("bulk: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
+    if bulk.failed_out is not None and bulk.failed_out.count:
+        reporter.notice(f"bulk: {bulk.failed_out.count} failed rows written to {failed_out}")
+    code = ledger.exit_code(interrupted=bool(session.interrupts))
+    if code == Exit.OK and (bulk.invalid or bulk.read_error):
+        return Exit.USAGE
+    return code
+
+
+def csv_rows_with_header(lines: Iterator[str], header: list[str]) -> Iterator[Row | BadRow]:
+    """csv_rows, noting the header line in `header` (for --failed-out); reads lazily."""
+    import csv
+
+    first = next(lines, None)
+    if first is None:
+        return
+    header.extend(next(csv.reader([first]), []))
+    yield from csv_rows(itertools.chain([first], lines))
+
+
+def progress_bar(reporter: Reporter, path: str) -> Any:
+    """A progress bar on stderr for a file of known size, when stdout is a terminal."""
+    if reporter.quiet or path == "-" or not reporter.out.isatty() or not os.path.isfile(path):
+        return None
+    bar = click.progressbar(length=os.path.getsize(path), label="posting", file=reporter.err)
+    bar.render_progress()
+    return bar
+
+
 # =========================================================== configuration
 
 CONFIG_SECTION = "contribute"
 GLOBAL_KEYS = {"host", "port", "user", "app_id", "position", "path", "tls", "connect_timeout",
                "retries", "reconnect_min", "reconnect_max", "verbose", "quiet", "json", "sim"}
-COMMAND_KEYS = {"service", "domain", "ack_timeout", "interval", "count", "walk", "window", "resend",
+COMMAND_KEYS = {"service", "domain", "ack_timeout", "interval", "count", "walk", "window", "resend", "rate",
                 "post_user_info", "post_user_address", "post_user_id"}
 
 
@@ -1124,7 +1510,7 @@ def load_config(path: str) -> dict[str, Any]:
     command = {k: v for k, v in values.items() if k in COMMAND_KEYS}
     defaults: dict[str, Any] = {k: v for k, v in values.items() if k in GLOBAL_KEYS}
     run_only = {"interval", "count", "walk", "window", "resend"}
-    defaults.update({"post": {k: v for k, v in command.items() if k not in run_only},
+    defaults.update({"post": {k: v for k, v in command.items() if k not in run_only - {"window"}},
                      "run": dict(command)})
     return defaults
 
@@ -1263,11 +1649,11 @@ def start_sim(ctx: click.Context, settings: Settings) -> Settings:
 def post_options(command: Callable) -> Callable:
     """The options post and run share: what to post, where, and how long to wait."""
     options = [
-        click.option("--ric", required=True, metavar="RIC", help="item name"),
+        click.option("--ric", metavar="RIC", help="item name  [required]"),
         click.option("--service", metavar="NAME", envvar=env("service"),
                      help="ADS service to post to (a cache or contribution service)"),
-        click.option("--field", "fields", type=FieldType(), multiple=True, required=True,
-                     help="a field: NAME=VALUE (typed), NAME= (blank) or NAME:=JSON; repeatable"),
+        click.option("--field", "fields", type=FieldType(), multiple=True,
+                     help="a field: NAME=VALUE (typed), NAME= (blank) or NAME:=JSON; repeatable  [required]"),
         click.option("--domain", default="MarketPrice", envvar=env("domain"), metavar="DOMAIN",
                      help="message domain"),
         click.option("--ack-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
@@ -1284,22 +1670,49 @@ def post_options(command: Callable) -> Callable:
     return command
 
 
-def make_spec(ric: str, service: str | None, fields: tuple, domain: str, ack_timeout: float,
-              post_user_info: bool, post_user_address: str | None, post_user_id: int | None) -> PostSpec:
-    if not service:
+def make_spec(ric: str | None, service: str | None, fields: tuple, domain: str, ack_timeout: float,
+              post_user_info: bool, post_user_address: str | None, post_user_id: int | None,
+              bulk: bool = False) -> PostSpec:
+    """What to post, checked: --ric and --field (or a file), and a service."""
+    if bulk and (ric or fields):
+        raise click.UsageError("--file excludes --ric and --field: the file gives the items and fields")
+    if not bulk and not ric:
+        raise click.UsageError("Missing option '--ric' (or --file).")
+    if not bulk and not fields:
+        raise click.UsageError("Missing option '--field'.")
+    if not service and not bulk:
         raise UsageProblem("no service: give --service, CONTRIBUTE_SERVICE or 'service' in the config file")
-    return PostSpec(service, ric, dict(fields), domain, ack_timeout, post_user_info,
+    return PostSpec(service or "", ric or "", dict(fields), domain, ack_timeout, post_user_info,
                     post_user_address, post_user_id)
 
 
 @cli.command()
 @post_options
 @click.option("--refresh", is_flag=True, help="post a Refresh: create the item or replace its field list")
+@click.option("--file", "path", metavar="PATH", help="post every row of a CSV or JSON Lines file ('-': stdin)")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]),
+              help="input format  [default: by extension; stdin: csv]")
+@click.option("--window", type=click.IntRange(1), default=1000, envvar=env("window"), metavar="N",
+              help="with --file: most posts in flight")
+@click.option("--rate", type=click.FloatRange(0, min_open=True), envvar=env("rate"), metavar="N",
+              help="with --file: at most N posts per second")
+@click.option("--strict", is_flag=True, help="with --file: stop at the first malformed row")
+@click.option("--failed-out", metavar="FILE", help="with --file: write failed rows here, in the input's format")
 @click.pass_context
-def post(ctx: click.Context, refresh: bool, **spec: Any) -> None:
-    """Post once and wait for the Ack. An Update by default (changes only the given fields)."""
-    spec = make_spec(**spec)
-    ctx.exit(run_post(settings_of(ctx), spec, refresh, ctx.obj["reporter"]))
+def post(ctx: click.Context, refresh: bool, path: str | None, fmt: str | None, window: int,
+         rate: float | None, strict: bool, failed_out: str | None, **spec: Any) -> None:
+    """Post once and wait for the Ack. An Update by default (changes only the given fields).
+
+    With --file, post every row of a CSV file (header: RIC, optional SERVICE
+    and TYPE, then one column per field) or of JSON Lines ({"ric", "service",
+    "type", "fields"}), pipelined; only failed rows are printed, then a summary.
+    """
+    spec = make_spec(**spec, bulk=path is not None)
+    if path is None:
+        ctx.exit(run_post(settings_of(ctx), spec, refresh, ctx.obj["reporter"]))
+    ctx.exit(run_bulk(settings_of(ctx), spec, refresh, ctx.obj["reporter"], path=path,
+                      fmt=input_format(path, fmt), window=window, rate=rate, strict=strict,
+                      failed_out=failed_out))
 
 
 @cli.command()

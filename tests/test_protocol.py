@@ -133,12 +133,12 @@ def test_ledger_ids_resolve_and_exit_codes():
     ledger = Ledger()
     a, b = ledger.add("S", "A", 10.0), ledger.add("S", "B", 11.0)
     assert (a, b) == (1, 2)
-    assert ledger.resolve(a, "ack").line() == "ACK S A post 1"
+    assert ledger.resolve(a, "ack").render() == "ACK S A post 1"
     assert ledger.resolve(a, "ack") is None                  # already ended
     assert ledger.resolve("junk", "ack") is None
     assert ledger.exit_code() == Exit.OK
     nak = ledger.resolve(b, "nak", "AccessDenied", "no")
-    assert nak.line() == 'NAK S B post 2 AccessDenied "no"'
+    assert nak.render() == 'NAK S B post 2 AccessDenied "no"'
     assert json.loads(nak.as_json()) == {"status": "nak", "service": "S", "ric": "B", "post_id": 2,
                                          "nak_code": "AccessDenied", "text": "no"}
     assert ledger.exit_code() == Exit.REJECTED
