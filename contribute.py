@@ -1274,7 +1274,7 @@ class Bulk:
         now = time.monotonic()
         while self.held and self.next_at <= now:
             self.batch.append(self.held.pop(0))
-            self.next_at = max(self.next_at, now - 1 / self.rate) + 1 / self.rate
+            self.next_at = max(self.next_at, now) + 1 / self.rate
         return self.next_at if self.held else None
 
     # -- posts out

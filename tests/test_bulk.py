@@ -1,0 +1,220 @@
+"""Issue 5: `post --file`, from a file or a pipe, against the emulator over real sockets."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import threading
+
+from ads_emulator import Emulator, Faults
+from conftest import TIMEOUT
+from contribute import PostSpec, Reporter, Settings, run_bulk
+from test_e2e import ENV, args_for, contribute
+
+
+def bulk(emu: Emulator, path: str, *args: str, opts=(), stdin: str | None = None):
+    cmd = args_for(emu.port, *opts, "post", "--service", "NIPROV", "--file", path, *args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 6, env=ENV,
+                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def posts(emu: Emulator) -> list[dict]:
+    return [m for m in emu.received() if isinstance(m, dict) and m.get("Type") == "Post"]
+
+
+def logins(emu: Emulator) -> int:
+    return sum(1 for m in emu.received() if isinstance(m, dict) and m.get("Domain") == "Login"
+               and m.get("Type", "Request") == "Request")
+
+
+CSV = ("RIC,SERVICE,TYPE,BID,ASK,GEN_TEXT16\n"
+       "NEW.A,,Refresh,1.5,2,hello\n"
+       "NEW.B,DIRECT_FEED,refresh,3,,\n"
+       "UMER.TST,,,22.25,24.5,text with, comma\n")
+
+
+def test_csv_file_every_row_acked(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text(CSV.replace("text with, comma", '"text with, comma"'))
+    result = bulk(emu, str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""                                   # only failures are printed
+    assert "posted 3, acknowledged 3" in result.stderr
+    assert emu.item("NIPROV", "NEW.A") == {"BID": 1.5, "ASK": 2, "GEN_TEXT16": "hello"}
+    assert emu.item("DIRECT_FEED", "NEW.B") == {"BID": 3, "ASK": None, "GEN_TEXT16": None}
+    assert emu.item("NIPROV", "UMER.TST")["GEN_TEXT16"] == "text with, comma"
+    assert [p["Message"]["Type"] for p in posts(emu)] == ["Refresh", "Refresh", "Update"]
+
+
+def test_jsonl_file(emu, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"ric": "J.A", "type": "Refresh", "fields": {"BID": 1, "GEN_TEXT16": "0042"}}\n'
+                    '\n'
+                    '{"ric": "J.A", "fields": {"BID": 2.5}}\n')
+    result = bulk(emu, str(path), opts=["--json"])
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["posted"] == 2 and summary["acknowledged"] == 2 and summary["invalid"] == 0
+    assert emu.item("NIPROV", "J.A") == {"BID": 2.5, "GEN_TEXT16": "0042"}
+
+
+def test_stdin_csv_and_jsonl(emu):
+    result = bulk(emu, "-", stdin="RIC,BID\nUMER.TST,30\n")
+    assert result.returncode == 0, result.stderr
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 30
+    result = bulk(emu, "-", "--format", "jsonl", stdin='{"ric": "UMER.TST", "fields": {"BID": 31}}\n')
+    assert result.returncode == 0, result.stderr
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 31
+
+
+def test_malformed_rows_are_reported_with_line_numbers_and_skipped(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,TYPE,BID\n"
+                    "UMER.TST,,1\n"
+                    "UMER.TST,,2,extra\n"
+                    ",,3\n"
+                    "UMER.TST,Delete,4\n"
+                    "UMER.TST,,5\n")
+    result = bulk(emu, str(path))
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        'INVALID line 3 "4 cells where the header has 3"',
+        'INVALID line 4 "no RIC"',
+        "INVALID line 5 \"type 'Delete' is not Refresh or Update\""]
+    assert [p["Message"]["Fields"]["BID"] for p in posts(emu)] == [1, 5]
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 5
+
+
+def test_malformed_jsonl_lines_as_json(emu, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"ric": "UMER.TST", "fields": {"BID": 1}}\nnot json\n[1]\n'
+                    '{"ric": "UMER.TST", "fields": 3}\n{"fields": {}}\n')
+    result = bulk(emu, str(path), opts=["--json"])
+    assert result.returncode == 2
+    invalid = [r for r in map(json.loads, result.stdout.splitlines()) if r.get("status") == "invalid"]
+    assert [(i["line"], i["text"].split(":")[0]) for i in invalid] == [
+        (2, "not JSON"), (3, "not a JSON object"), (4, "fields is not an object"), (5, "no ric")]
+
+
+def test_strict_stops_at_the_first_malformed_row(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,BID\n" + "UMER.TST,1\n" + "UMER.TST\n" + "".join(f"UMER.TST,{i}\n" for i in range(50)))
+    result = bulk(emu, str(path), "--strict")
+    assert result.returncode == 2
+    assert "INVALID line 3" in result.stdout
+    assert len(posts(emu)) < 52                    # the rest of the file was not posted
+
+
+def test_no_ric_column_is_reported(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("NAME,BID\nX,1\n")
+    result = bulk(emu, str(path))
+    assert result.returncode == 2 and 'INVALID line 1 "the CSV header has no RIC column"' in result.stdout
+
+
+def test_frames_are_packed_under_max_msg_size(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    text = "x" * 600                                 # 100 such posts would be ~75 kB, over 61,430
+    path.write_text("RIC,GEN_TEXT16\n" + "".join(f"UMER.TST,{text}{i}\n" for i in range(300)))
+    result = bulk(emu, str(path))
+    assert result.returncode == 0, result.stderr
+    assert logins(emu) == 1                          # never disconnected for an oversized frame
+    assert len(posts(emu)) == 300
+
+
+def test_a_post_larger_than_max_msg_size_is_an_error_not_a_disconnect(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text(f"RIC,GEN_TEXT16\nUMER.TST,{'y' * 70000}\nUMER.TST,fine\n")
+    result = bulk(emu, str(path))
+    assert result.returncode == 5
+    assert result.stdout.startswith("ERROR NIPROV UMER.TST post 1 line 2")
+    assert "MaxMsgSize" in result.stdout and logins(emu) == 1
+    assert emu.item("NIPROV", "UMER.TST")["GEN_TEXT16"] == "fine"
+
+
+def test_naks_and_timeouts_in_a_bulk_run():
+    with Emulator(faults=Faults(no_ack_rics=["SILENT"])) as emu:
+        rows = "RIC,TYPE,BID\nUMER.TST,,1\nNOPE.TST,,2\nSILENT,Refresh,3\nUMER.TST,,4\n"
+        result = bulk(emu, "-", "--ack-timeout", "0.3", stdin=rows)
+    assert result.returncode == 5                     # a Nak outranks a timeout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('NAK NIPROV NOPE.TST post 2 line 3 SymbolUnknown "F44:')
+    assert lines[1].startswith("TIMEOUT NIPROV SILENT post 3 line 4")
+    assert "acknowledged 2" in result.stderr and "SymbolUnknown" in result.stderr
+
+
+def test_failed_out_round_trip_csv(emu, tmp_path):
+    path, failed = tmp_path / "rows.csv", tmp_path / "failed.csv"
+    path.write_text("RIC,BID,ASK\nUMER.TST,1,2\nNEW.ONE,3,4\nNEW.TWO,5,\n")
+    result = bulk(emu, str(path), "--failed-out", str(failed))
+    assert result.returncode == 5
+    assert failed.read_bytes() == b"RIC,BID,ASK\r\nNEW.ONE,3,4\r\nNEW.TWO,5,\r\n"   # RFC 4180 line ends
+    again = bulk(emu, str(failed), "--refresh")        # create them this time
+    assert again.returncode == 0, again.stdout
+    assert emu.item("NIPROV", "NEW.ONE") == {"BID": 3, "ASK": 4}
+    assert emu.item("NIPROV", "NEW.TWO") == {"BID": 5, "ASK": None}
+
+
+def test_failed_out_round_trip_jsonl(emu, tmp_path):
+    path, failed = tmp_path / "rows.jsonl", tmp_path / "failed.jsonl"
+    bad = '{"ric": "NEW.J", "fields": {"BID": 1}}'
+    path.write_text('{"ric": "UMER.TST", "fields": {"BID": 9}}\n' + bad + "\n")
+    assert bulk(emu, str(path), "--failed-out", str(failed)).returncode == 5
+    assert failed.read_text() == bad + "\n"
+    assert bulk(emu, str(failed), "--refresh").returncode == 0
+    assert emu.item("NIPROV", "NEW.J") == {"BID": 1}
+
+
+def test_service_per_row_or_a_usage_error(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,SERVICE,BID\nUMER.TST,NIPROV,1\nUMER.TST,,2\n")
+    cmd = args_for(emu.port, "post", "--file", str(path))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == 2
+    assert result.stdout == 'INVALID line 3 "no service: give --service or a SERVICE column"\n'
+    assert [p["Key"]["Service"] for p in posts(emu)] == ["NIPROV"]
+
+
+def test_file_excludes_ric_and_field(emu, tmp_path):
+    result = contribute(emu.port, "post", "--service", "NIPROV", "--file", "x.csv", "--ric", "A")
+    assert result.returncode == 2 and "--file excludes --ric" in result.stderr
+
+
+def test_unreadable_file_is_a_usage_error(emu):
+    result = bulk(emu, "/nonexistent/rows.csv")
+    assert result.returncode == 2 and "cannot read /nonexistent/rows.csv" in result.stderr
+
+
+def test_window_bounds_posts_in_flight(tmp_path):
+    """With acks withheld, post W+1 can only go once one of the first W has timed out."""
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,BID\n" + "SILENT,1\n" * 6)
+    out = io.StringIO()
+    with Emulator(faults=Faults(no_ack_rics=["SILENT"])) as emu:
+        spec = PostSpec("NIPROV", "", {}, ack_timeout=0.3)
+        runner = threading.Thread(target=run_bulk, daemon=True, kwargs=dict(
+            settings=Settings(f"127.0.0.1:{emu.port}", user="tester"), spec=spec, refresh=True,
+            reporter=Reporter(out, io.StringIO()), path=str(path), fmt="csv", window=3, rate=None,
+            strict=False, failed_out=None))
+        runner.start()
+        emu.wait_for(lambda m: m.get("PostID") == 3, TIMEOUT)
+        emu.wait_for(lambda m: m.get("PostID") == 4, TIMEOUT)
+        assert "TIMEOUT" in out.getvalue()           # written before post 4 could be sent
+        runner.join(TIMEOUT * 2)
+        assert not runner.is_alive()
+    assert out.getvalue().count("TIMEOUT") == 6
+
+
+def test_rate_limit_spaces_the_posts(tmp_path):
+    log = io.StringIO()
+    with Emulator(log_file=log) as emu:
+        result = bulk(emu, "-", "--rate", "20", stdin="RIC,BID\n" + "UMER.TST,1\n" * 10)
+        assert result.returncode == 0, result.stderr
+    times = []                                       # when each Post frame arrived
+    for line in log.getvalue().splitlines():
+        record = json.loads(line)
+        frame = json.loads(record["frame"]) if record["dir"] == "in" else None
+        if isinstance(frame, list):
+            times += [record["t"] for m in frame if m.get("Type") == "Post"]
+    assert len(times) == 10
+    assert times[-1] - times[0] >= 9 / 20 * 0.9      # 10 posts at 20/s span at least 0.45 s
