@@ -218,3 +218,24 @@ def test_rate_limit_spaces_the_posts(tmp_path):
             times += [record["t"] for m in frame if m.get("Type") == "Post"]
     assert len(times) == 10
     assert times[-1] - times[0] >= 9 / 20 * 0.9      # 10 posts at 20/s span at least 0.45 s
+
+
+def test_progress_bar_only_on_a_terminal(emu, tmp_path):
+    import os
+    import pty
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,BID\n" + "UMER.TST,1\n" * 50)
+    for quiet, expected in ((False, True), (True, False)):
+        primary, secondary = pty.openpty()
+        try:
+            cmd = args_for(emu.port, *(["-q"] if quiet else []), "post", "--service", "NIPROV",
+                           "--file", str(path))
+            result = subprocess.run(cmd, stdout=secondary, stderr=subprocess.PIPE, text=True,
+                                    timeout=TIMEOUT * 4, env=ENV, stdin=subprocess.DEVNULL)
+        finally:
+            os.close(secondary)
+            os.close(primary)
+        assert result.returncode == 0
+        assert ("posting" in result.stderr) is expected
+    result = bulk(emu, str(path))                    # stdout is a pipe here: no bar
+    assert "posting" not in result.stderr
