@@ -222,6 +222,8 @@ class Interrupted(NamedTuple):
     pass
 
 
+POST_OUTCOMES = (Acked, AckBatch, Nakked, ServerError)
+
 Event = (Opened | LoginAccepted | LoginDenied | Acked | AckBatch | Nakked | ServerError
          | PingReceived | Other | Closed | Failure | Interrupted)
 
@@ -794,15 +796,20 @@ class Session:
             signal.signal(sig, old)
 
     def next_event(self, deadline: float | None) -> Event | None:
-        """The next event of the current connection (or a signal), None at the deadline."""
+        """The next event of the current connection (or a signal), None at the deadline.
+
+        An Ack, Nak or Error names its post, so it counts whichever connection
+        brought it; an earlier connection's other events (its close, say) are
+        dropped.
+        """
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 source, event = self.events.get(timeout=timeout)
             except queue.Empty:
                 return None
-            if source is None or source is self.conn:
-                return event                     # else: left over from an earlier connection
+            if source is None or source is self.conn or isinstance(event, POST_OUTCOMES):
+                return event                     # else: an earlier connection's state, now stale
 
     # -- connect and log in
 
@@ -940,14 +947,14 @@ class Session:
             try:
                 self._open(host, port)
                 messages = self.ledger.resend(time.monotonic() + self._ack_timeout)
-                for message in messages:          # oldest first, before anything new
-                    self.conn.send(message)
+                self.send_posts(messages)         # oldest first, before anything new
             except LoginRefused as exc:
                 if exc.state is None or exc.state.stream_state != "ClosedRecover":
                     raise
                 log.info("%s:%s: %s", host, port, exc)
             except (ConnectFailed, Timeout) as exc:  # ConnectionLost too: lost again while resending
                 log.info("%s:%s: %s", host, port, exc)
+                self._disconnect(logout=False)       # its late events must not reach the next pause
             else:
                 self.reporter.event("reconnected", f"reconnected to {self.where}; resent "
                                     f"{len(messages)} posts", where=self.where, resent=len(messages))
@@ -972,6 +979,26 @@ class Session:
                 raise
             self.recover(str(exc))               # resends this post too
         return post_id
+
+    PER_FRAME = 100                              # posts packed into one frame, at most
+
+    def send_posts(self, messages: list[dict]) -> None:
+        """Send posts packed into frames of PER_FRAME, each within the login's MaxMsgSize."""
+        for i in range(0, len(messages), self.PER_FRAME):
+            self._send_frame(messages[i:i + self.PER_FRAME])
+
+    def _send_frame(self, messages: list[dict]) -> None:
+        limit = int(self.login.attributes.get("MaxMsgSize") or 61430) if self.login else 61430
+        text = encode(messages)                  # ASCII (json escapes the rest): length is bytes
+        if len(text) <= limit:
+            self.conn.send_text(text)
+        elif len(messages) == 1:
+            self.settle(messages[0]["PostID"], "error",
+                        text=f"the post is larger than the ADS's MaxMsgSize ({limit} bytes)")
+        else:
+            half = len(messages) // 2
+            self._send_frame(messages[:half])
+            self._send_frame(messages[half:])
 
     def post_user_info(self, spec: PostSpec) -> dict | None:
         """PostUserInfo for this session's posts, worked out once."""
@@ -1211,7 +1238,7 @@ class Bulk:
     row by row and a file in full frames, never over the login's MaxMsgSize.
     """
 
-    PER_FRAME = 100
+    PER_FRAME = Session.PER_FRAME
 
     def __init__(self, spec: PostSpec, refresh: bool, window: int, rate: float | None,
                  strict: bool, reporter: Reporter, failed_out: str | None, fmt: str) -> None:
@@ -1225,11 +1252,11 @@ class Bulk:
         self.held: list[Row] = []           # rows waiting for --rate
         self.next_at = 0.0                  # when --rate lets the next row go
         self.rows: dict[int, Row] = {}      # post id -> row, while in flight
-        self.max_size = 61430
         self.ended = False                  # all input read
         self.stopped = False                # --strict met a bad row
         self.read_error: str | None = None
         self.invalid = 0
+        self.unsent = 0                     # read but never posted (no connection at the end)
         self.posted = 0
         self.header: list[str] = []         # CSV header, for --failed-out
         self.session: Session | None = None
@@ -1251,7 +1278,7 @@ class Bulk:
         """The main thread's side of the queue (Session.on_other)."""
         if isinstance(item, Row):
             (self.held if self.rate else self.batch).append(item)
-            if len(self.batch) >= self.PER_FRAME and self.session is not None:
+            if len(self.batch) >= self.PER_FRAME and self.connected():
                 self.flush(self.session)
         elif isinstance(item, BadRow):
             self.slots.put(None)
@@ -1279,8 +1306,22 @@ class Bulk:
 
     # -- posts out
 
+    def connected(self) -> bool:
+        """Logged in now (not, say, between a lost connection and the reconnect)."""
+        return self.session is not None and self.session.conn is not None \
+            and self.session.login is not None
+
     def flush(self, session: "Session") -> None:
         """Post the batch: one frame, split where MaxMsgSize demands."""
+        if not self.connected():                 # e.g. interrupted while reconnecting
+            for row in self.batch:
+                self.slots.put(None)
+                self.unsent += 1
+                self.reporter.out.write((encode({"status": "unsent", "line": row.line, "ric": row.ric})
+                                         if self.reporter.as_json else
+                                         f"UNSENT line {row.line} {row.ric}") + "\n")
+            self.batch = []
+            return
         batch, self.batch = self.batch, []
         deadline = time.monotonic() + self.spec.ack_timeout
         info = session.post_user_info(self.spec)
@@ -1298,23 +1339,9 @@ class Bulk:
             messages.append(message)
         self.posted += len(messages)
         try:
-            self.send(session, messages)
+            session.send_posts(messages)
         except ConnectionLost as exc:       # recover() posts them again with the others pending
             session.recover(str(exc))
-
-    def send(self, session: "Session", messages: list[dict]) -> None:
-        if not messages:
-            return
-        text = encode(messages)             # ASCII (json escapes the rest): length is bytes
-        if len(text) <= self.max_size:
-            session.conn.send_text(text)
-        elif len(messages) == 1:
-            session.settle(messages[0]["PostID"], "error",
-                           text=f"the post is larger than the ADS's MaxMsgSize ({self.max_size} bytes)")
-        else:
-            half = len(messages) // 2
-            self.send(session, messages[:half])
-            self.send(session, messages[half:])
 
 
 class FailedRows:
@@ -1385,8 +1412,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
         with Session(settings, BulkReporter(reporter, bulk), recover=True) as session:
             session.on_other = bulk.take
             bulk.session = session
-            login = session.connect()
-            bulk.max_size = int(login.attributes.get("MaxMsgSize") or bulk.max_size)
+            session.connect()
             threading.Thread(target=bulk.feed, args=(rows, session.events), name="input",
                              daemon=True).start()
             while not (bulk.ended and not bulk.batch and not bulk.held) and not session.interrupts \
@@ -1415,7 +1441,8 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
     summary = {"posted": bulk.posted, "acknowledged": ledger.counts.get("ack", 0),
                "nakked": session.reporter.nak_codes, "errored": ledger.counts.get("error", 0),
                "timed_out": ledger.counts.get("timeout", 0), "lost": ledger.counts.get("lost", 0),
-               "invalid": bulk.invalid, "resent": ledger.resent, "elapsed": round(elapsed, 3),
+               "invalid": bulk.invalid, "unsent": bulk.unsent, "resent": ledger.resent,
+               "elapsed": round(elapsed, 3),
                "posts_per_second": round(bulk.posted / elapsed) if elapsed else 0}
     if reporter.as_json:
         reporter.out.write(encode({"summary": summary}) + "\n")
@@ -1424,6 +1451,8 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
     if bulk.failed_out is not None and bulk.failed_out.count:
         reporter.notice(f"bulk: {bulk.failed_out.count} failed rows written to {failed_out}")
     code = ledger.exit_code(interrupted=bool(session.interrupts))
+    if code == Exit.OK and bulk.unsent:
+        return Exit.INTERRUPTED if session.interrupts else Exit.CONNECT
     if code == Exit.OK and (bulk.invalid or bulk.read_error):
         return Exit.USAGE
     return code

@@ -239,3 +239,15 @@ def test_progress_bar_only_on_a_terminal(emu, tmp_path):
         assert ("posting" in result.stderr) is expected
     result = bulk(emu, str(path))                    # stdout is a pipe here: no bar
     assert "posting" not in result.stderr
+
+
+def test_bulk_run_survives_drops_and_resends():
+    with Emulator(faults=Faults(drop_after_posts=150)) as emu:
+        rows = "RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(1000))
+        result = bulk(emu, "-", opts=["--json", "--reconnect-min", "0.05"], stdin=rows)
+        assert result.returncode == 0, result.stderr[-1500:]
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        summary = lines[-1]["summary"]
+        assert summary["posted"] == 1000 and summary["acknowledged"] == 1000 and summary["resent"] >= 6
+        assert sum(1 for line in lines if line.get("event") == "reconnected") >= 6
+        assert emu.item("NIPROV", "UMER.TST")["BID"] == 999        # the last row won
