@@ -1310,12 +1310,15 @@ class Bulk:
         if self.strict:
             self.stopped = True
 
-    def release_held(self) -> float | None:
-        """Move the rows --rate allows now into the batch; when the next one may go."""
+    def release_held(self) -> None:
+        """Move the rows --rate allows now into the batch."""
         now = time.monotonic()
         while self.held and self.next_at <= now:
             self.batch.append(self.held.pop(0))
             self.next_at = max(self.next_at, now) + 1 / self.rate
+
+    def next_release(self) -> float | None:
+        """When --rate lets the next held row go (None: nothing held)."""
         return self.next_at if self.held else None
 
     # -- posts out
@@ -1414,7 +1417,9 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
     import io
 
     try:
-        binary = sys.stdin.buffer if path == "-" else open(path, "rb")
+        # stdin through a file object of its own: the reader thread may still be
+        # blocked in it at exit, and Python's shutdown would fail on sys.stdin's lock.
+        binary = os.fdopen(os.dup(sys.stdin.fileno()), "rb") if path == "-" else open(path, "rb")
     except OSError as exc:
         raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
     text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
@@ -1431,10 +1436,9 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
                              daemon=True).start()
             while not (bulk.ended and not bulk.batch and not bulk.held) and not session.interrupts \
                     and not bulk.stopped:
-                until = time.monotonic() if bulk.batch else bulk.release_held()
-                event = session.wait(until)
                 if bulk.held:
                     bulk.release_held()
+                event = session.wait(time.monotonic() if bulk.batch else bulk.next_release())
                 if bulk.batch and (event is None or len(bulk.batch) >= bulk.PER_FRAME):
                     bulk.flush(session)
                     if progress is not None:
@@ -1448,7 +1452,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
             progress.render_finish()
         if bulk.failed_out is not None:
             bulk.failed_out.close()
-        if binary is not sys.stdin.buffer:
+        if path != "-":                  # a blocked reader may still hold the stdin copy
             binary.close()
     elapsed = time.monotonic() - started
     ledger = session.ledger
@@ -1465,6 +1469,8 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
     if bulk.failed_out is not None and bulk.failed_out.count:
         reporter.notice(f"bulk: {bulk.failed_out.count} failed rows written to {failed_out}")
     code = ledger.exit_code(interrupted=bool(session.interrupts))
+    if code == Exit.OK and session.interrupts and not bulk.ended:
+        return Exit.INTERRUPTED                  # stopped before the end of the input
     if code == Exit.OK and bulk.unsent:
         return Exit.INTERRUPTED if session.interrupts else Exit.CONNECT
     if code == Exit.OK and (bulk.invalid or bulk.read_error):
