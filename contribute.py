@@ -343,12 +343,18 @@ def parse_type(value: Any) -> bool | None:
     raise ValueError(f"type {value!r} is not Refresh or Update")
 
 
-def csv_rows(lines: Iterator[str]) -> Iterator[Row | BadRow]:
-    """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field."""
+def csv_rows(lines: Iterator[str], header_out: list[str] | None = None) -> Iterator[Row | BadRow]:
+    """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field.
+
+    The header as read is also added to header_out (for --failed-out).
+    """
     import csv
 
     reader = csv.reader(lines)
-    header = [h.strip() for h in next(reader, [])]
+    raw_header = next(reader, [])
+    if header_out is not None:
+        header_out.extend(raw_header)
+    header = [h.strip() for h in raw_header]
     upper = [h.upper() for h in header]
     if "RIC" not in upper:
         yield BadRow(1, "the CSV header has no RIC column")
@@ -437,8 +443,9 @@ class Outcome(NamedTuple):
             words.append(json.dumps(self.text))
         return " ".join(words)
 
-    def as_json(self) -> str:
-        return encode({k: v for k, v in self._asdict().items() if v is not None})
+    def data(self) -> dict:
+        """The --json form: every field that is set."""
+        return {k: v for k, v in self._asdict().items() if v is not None}
 
 
 class Pending(NamedTuple):
@@ -692,10 +699,14 @@ class Reporter:
     def __init__(self, out: IO[str], err: IO[str], as_json: bool = False, quiet: bool = False) -> None:
         self.out, self.err, self.as_json, self.quiet = out, err, as_json, quiet
 
+    def emit(self, text: str, data: dict) -> None:
+        """One result on stdout: `data` as a JSON line with --json, else `text`."""
+        self.out.write((encode(data) if self.as_json else text) + "\n")
+        self.out.flush()
+
     def outcome(self, outcome: Outcome) -> None:
         if not (self.quiet and outcome.status == "ack"):
-            self.out.write((outcome.as_json() if self.as_json else outcome.render()) + "\n")
-            self.out.flush()
+            self.emit(outcome.render(), outcome.data())
         if outcome.status == "error" and outcome.text and "Unexpected FID" in outcome.text:
             self.hint("UnexpectedFID")
         elif outcome.nak_code:
@@ -703,8 +714,7 @@ class Reporter:
 
     def result(self, text: str, data: dict, success: bool) -> None:
         if not (self.quiet and success):
-            self.out.write((encode(data) if self.as_json else text) + "\n")
-            self.out.flush()
+            self.emit(text, data)
 
     def hint(self, key: str) -> None:
         if key in HINTS and not self.quiet:
@@ -717,8 +727,7 @@ class Reporter:
     def event(self, kind: str, message: str, **data: Any) -> None:
         """A session event (reconnect, login retry): a JSON line with --json, else a stderr line."""
         if self.as_json:
-            self.out.write(encode({"event": kind, **data}) + "\n")
-            self.out.flush()
+            self.emit("", {"event": kind, **data})
         else:
             self.notice(f"contribute: {message}")
 
@@ -1293,7 +1302,7 @@ class Bulk:
         if isinstance(item, Row):
             (self.held if self.rate else self.batch).append(item)
             if len(self.batch) >= self.PER_FRAME and self.connected():
-                self.flush(self.session)
+                self.flush()
         elif isinstance(item, BadRow):
             self.slots.put(None)
             self.reject(item.line, item.text)
@@ -1304,9 +1313,8 @@ class Bulk:
 
     def reject(self, line: int, text: str) -> None:
         self.invalid += 1
-        rep = self.reporter
-        rep.out.write((encode({"status": "invalid", "line": line, "text": text}) if rep.as_json
-                       else f"INVALID line {line} {json.dumps(text)}") + "\n")
+        self.reporter.emit(f"INVALID line {line} {json.dumps(text)}",
+                           {"status": "invalid", "line": line, "text": text})
         if self.strict:
             self.stopped = True
 
@@ -1328,18 +1336,17 @@ class Bulk:
         return self.session is not None and self.session.conn is not None \
             and self.session.login is not None
 
-    def flush(self, session: "Session") -> None:
+    def flush(self) -> None:
         """Post the batch: one frame, split where MaxMsgSize demands."""
         if not self.connected():                 # e.g. interrupted while reconnecting
             for row in self.batch:
                 self.slots.put(None)
                 self.unsent += 1
-                self.reporter.out.write((encode({"status": "unsent", "line": row.line, "ric": row.ric})
-                                         if self.reporter.as_json else
-                                         f"UNSENT line {row.line} {row.ric}") + "\n")
+                self.reporter.emit(f"UNSENT line {row.line} {row.ric}",
+                                   {"status": "unsent", "line": row.line, "ric": row.ric})
             self.batch = []
             return
-        batch, self.batch = self.batch, []
+        session, (batch, self.batch) = self.session, (self.batch, [])
         deadline = time.monotonic() + self.spec.ack_timeout
         info = session.post_user_info(self.spec)
         messages = []
@@ -1424,7 +1431,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
         raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
     text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
     bulk = Bulk(spec, refresh, window, rate, strict, reporter, failed_out, fmt)
-    rows = jsonl_rows(text) if fmt == "jsonl" else csv_rows_with_header(text, bulk.header)
+    rows = jsonl_rows(text) if fmt == "jsonl" else csv_rows(text, bulk.header)
     started = time.monotonic()
     progress = progress_bar(reporter, path)
     try:
@@ -1440,12 +1447,12 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
                     bulk.release_held()
                 event = session.wait(time.monotonic() if bulk.batch else bulk.next_release())
                 if bulk.batch and (event is None or len(bulk.batch) >= bulk.PER_FRAME):
-                    bulk.flush(session)
+                    bulk.flush()
                     if progress is not None:
                         progress.update(binary.tell() - progress.pos)
             bulk.batch += bulk.held        # stopping: what was read is still posted
             bulk.held = []
-            bulk.flush(session)
+            bulk.flush()
             session.drain()
     finally:
         if progress is not None:
@@ -1463,7 +1470,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
                "elapsed": round(elapsed, 3),
                "posts_per_second": round(bulk.posted / elapsed) if elapsed else 0}
     if reporter.as_json:
-        reporter.out.write(encode({"summary": summary}) + "\n")
+        reporter.emit("", {"summary": summary})
     else:
         reporter.notice("bulk: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
     if bulk.failed_out is not None and bulk.failed_out.count:
@@ -1476,17 +1483,6 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
     if code == Exit.OK and (bulk.invalid or bulk.read_error):
         return Exit.USAGE
     return code
-
-
-def csv_rows_with_header(lines: Iterator[str], header: list[str]) -> Iterator[Row | BadRow]:
-    """csv_rows, noting the header line in `header` (for --failed-out); reads lazily."""
-    import csv
-
-    first = next(lines, None)
-    if first is None:
-        return
-    header.extend(next(csv.reader([first]), []))
-    yield from csv_rows(itertools.chain([first], lines))
 
 
 def progress_bar(reporter: Reporter, path: str) -> Any:
@@ -1503,8 +1499,11 @@ def progress_bar(reporter: Reporter, path: str) -> Any:
 CONFIG_SECTION = "contribute"
 GLOBAL_KEYS = {"host", "port", "user", "app_id", "position", "path", "tls", "connect_timeout",
                "retries", "reconnect_min", "reconnect_max", "verbose", "quiet", "json", "sim"}
-COMMAND_KEYS = {"service", "domain", "ack_timeout", "interval", "count", "walk", "window", "resend", "rate",
-                "post_user_info", "post_user_address", "post_user_id"}
+SHARED_KEYS = {"service", "domain", "ack_timeout", "post_user_info", "post_user_address", "post_user_id",
+               "window"}
+POST_KEYS = SHARED_KEYS | {"rate"}
+RUN_KEYS = SHARED_KEYS | {"interval", "count", "walk", "resend"}
+COMMAND_KEYS = POST_KEYS | RUN_KEYS
 
 
 class ConfigError(click.ClickException):
@@ -1556,11 +1555,9 @@ def read_config(path: str) -> dict[str, str]:
 def load_config(path: str) -> dict[str, Any]:
     """The click default_map for a config file: global keys, and command keys per command."""
     values = read_config(path)
-    command = {k: v for k, v in values.items() if k in COMMAND_KEYS}
     defaults: dict[str, Any] = {k: v for k, v in values.items() if k in GLOBAL_KEYS}
-    run_only = {"interval", "count", "walk", "window", "resend"}
-    defaults.update({"post": {k: v for k, v in command.items() if k not in run_only - {"window"}},
-                     "run": dict(command)})
+    defaults["post"] = {k: v for k, v in values.items() if k in POST_KEYS}
+    defaults["run"] = {k: v for k, v in values.items() if k in RUN_KEYS}
     return defaults
 
 
@@ -1655,10 +1652,8 @@ def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, c
     setup_logging(verbose, quiet)
     settings = Settings(host, port, user, app_id, position, path, tls, connect_timeout, retries,
                         reconnect_min, max(reconnect_min, reconnect_max))
-    ctx.obj = {"settings": settings,
-               "sim": sim, "quiet": quiet,
-               "reporter": Reporter(sys.stdout, sys.stderr,
-                                    as_json, quiet)}
+    ctx.obj = {"settings": settings, "sim": sim, "quiet": quiet,
+               "reporter": Reporter(sys.stdout, sys.stderr, as_json, quiet)}
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -28,14 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_emulator import start_emulator  # noqa: E402
 from bench_post import timed  # noqa: E402
-
-
-def start_emulator() -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
-    url = proc.stdout.readline().split()[-1]
-    return proc, url, url.rsplit(":", 1)[1].split("/")[0]
 
 
 def ours(port: str, *args: str) -> list[str]:

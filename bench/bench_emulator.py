@@ -23,14 +23,16 @@ import websocket
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_emulator() -> tuple[subprocess.Popen, str]:
+def start_emulator() -> tuple[subprocess.Popen, str, str]:
+    """The standalone emulator on a free loopback port: (process, URL, port). Shared by the benches."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     if not line.startswith("listening on "):
         proc.kill()
         raise SystemExit(f"emulator did not start: {line!r}")
-    return proc, line.split()[-1]
+    url = line.split()[-1]
+    return proc, url, url.rsplit(":", 1)[1].split("/")[0]
 
 
 def run(url: str, posts: int, per_frame: int, window: int) -> float:
@@ -67,7 +69,7 @@ def main() -> None:
     parser.add_argument("--per-frame", type=int, default=100)
     parser.add_argument("--window", type=int, default=20, help="frames in flight")
     args = parser.parse_args()
-    proc, url = start_emulator()
+    proc, url, _ = start_emulator()
     try:
         elapsed = run(url, args.posts, args.per_frame, args.window)
     finally:

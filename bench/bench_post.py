@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_emulator import start_emulator  # noqa: E402
 
 
 def timed(cmd: list[str]) -> float:
@@ -33,11 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
-    emulator = subprocess.Popen([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0"],
-                                stdout=subprocess.PIPE, text=True)
+    emulator, url, port = start_emulator()
     try:
-        url = emulator.stdout.readline().split()[-1]
-        port = url.rsplit(":", 1)[1].split("/")[0]
         ours = [sys.executable, str(ROOT / "contribute.py"), "--config", os.devnull,
                 "--host", "127.0.0.1", "--port", port, "--user", "bench", "post", "--service", "NIPROV",
                 "--ric", "UMER.TST", "--field", "BID=22.1"]

@@ -1,7 +1,6 @@
 """The pure layers of contribute.py: message building, classification, fields, ledger, config."""
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -139,7 +138,7 @@ def test_ledger_ids_resolve_and_exit_codes():
     assert ledger.exit_code() == Exit.OK
     nak = ledger.resolve(b, "nak", "AccessDenied", "no")
     assert nak.render() == 'NAK S B post 2 AccessDenied "no"'
-    assert json.loads(nak.as_json()) == {"status": "nak", "service": "S", "ric": "B", "post_id": 2,
+    assert nak.data() == {"status": "nak", "service": "S", "ric": "B", "post_id": 2,
                                          "nak_code": "AccessDenied", "text": "no"}
     assert ledger.exit_code() == Exit.REJECTED
     assert ledger.exit_code(interrupted=True) == Exit.INTERRUPTED
