@@ -741,8 +741,9 @@ class Session:
     """
 
     def __init__(self, settings: Settings, reporter: Reporter, *, recover: bool = False,
-                 resend: bool = True, window: int | None = None) -> None:
+                 resend: bool = True, window: int | None = None, ack_timeout: float = 10.0) -> None:
         self.settings = settings
+        self.ack_timeout = ack_timeout           # for posts sent again after a reconnect
         self.hosts = settings.hosts()            # validated now: a usage error before any I/O
         self.reporter = reporter
         self.recover_enabled = recover
@@ -952,7 +953,7 @@ class Session:
                 return
             try:
                 self._open(host, port)
-                messages = self.ledger.resend(time.monotonic() + self._ack_timeout)
+                messages = self.ledger.resend(time.monotonic() + self.ack_timeout)
                 self.send_posts(messages)         # oldest first, before anything new
             except LoginRefused as exc:
                 if exc.state is None or exc.state.stream_state != "ClosedRecover":
@@ -968,13 +969,10 @@ class Session:
 
     # -- posts
 
-    _ack_timeout = 10.0                          # the ack timeout of the latest post
-
     def post(self, spec: PostSpec, fields: dict[str, Any], refresh: bool) -> int:
         """Send one post (waiting first while --window posts are in flight)."""
         while self.window and len(self.ledger.pending) >= self.window and not self.interrupts:
             self.wait(None)
-        self._ack_timeout = spec.ack_timeout
         message = build_post(0, spec.service, spec.ric, fields, refresh=refresh, domain=spec.domain,
                              post_user_info=self.post_user_info(spec))
         post_id = self.ledger.add(spec.service, spec.ric, time.monotonic() + spec.ack_timeout, message)
@@ -1213,7 +1211,7 @@ def run_login(settings: Settings, reporter: Reporter) -> Exit:
 
 
 def run_post(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter) -> Exit:
-    with Session(settings, reporter) as session:
+    with Session(settings, reporter, ack_timeout=spec.ack_timeout) as session:
         session.connect()
         session.post(spec, spec.fields, refresh)
         session.drain()
@@ -1228,7 +1226,8 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
     import random                         # only run needs it: kept off the start-up path
     rng = random.Random()
     fields = dict(spec.fields)
-    with Session(settings, reporter, recover=True, resend=resend, window=window) as session:
+    with Session(settings, reporter, recover=True, resend=resend, window=window,
+                 ack_timeout=spec.ack_timeout) as session:
         session.connect()
         if refresh:
             session.post(spec, fields, refresh=True)
@@ -1300,6 +1299,9 @@ class Bulk:
     def take(self, item: Any) -> None:
         """The main thread's side of the queue (Session.on_other)."""
         if isinstance(item, Row):
+            if self.stopped:                     # --strict has stopped: nothing after the bad row
+                self.slots.put(None)
+                return
             (self.held if self.rate else self.batch).append(item)
             if len(self.batch) >= self.PER_FRAME and self.connected():
                 self.flush()
@@ -1435,7 +1437,8 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
     started = time.monotonic()
     progress = progress_bar(reporter, path)
     try:
-        with Session(settings, BulkReporter(reporter, bulk), recover=True) as session:
+        with Session(settings, BulkReporter(reporter, bulk), recover=True,
+                     ack_timeout=spec.ack_timeout) as session:
             session.on_other = bulk.take
             bulk.session = session
             session.connect()
