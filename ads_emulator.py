@@ -48,7 +48,8 @@ This emulator's own choices, where no public source says what an ADS does:
   "InvalidContent" "Only Refresh and Update messages can be posted.".
 - A posted Refresh replaces the item's whole field list; an Update merges.
   Both fan out to every open stream on the item, the poster's own included,
-  as an unsolicited Refresh or an Update carrying the poster's PostUserInfo.
+  as an unsolicited Refresh or an Update carrying the poster's PostUserInfo
+  (and the Key, unless the Request said "KeyInUpdates": false).
 - A wrong JSON type for a field gets an Error "JSON Converter Token Type
   error: Expected '<T>' for key '<FIELD>' Received '<T>'"; a badly formatted
   date or time gets "JSON RSSL Conversion Error. RSSL error code : -1"; a
@@ -724,7 +725,7 @@ class Session:
         replies.append(refresh)
         if streaming:
             self.streams[stream] = (svc.name, domain, ric)
-            self.server.watch(self, stream, (svc.name, domain, ric))
+            self.server.watch(self, stream, (svc.name, domain, ric), msg.get("KeyInUpdates") is not False)
 
 
 def with_domain(msg: dict, domain: str) -> dict:
@@ -794,7 +795,8 @@ class EmulatorServer:
         self.conn_ids = itertools.count(1)
         self.sessions: set[Session] = set()
         self.tasks: set[asyncio.Task] = set()      # background work, kept until done
-        self.watchers: dict[tuple[str, str, str], dict[tuple[Session, int], None]] = {}  # ordered set
+        # item key -> {(session, stream): KeyInUpdates}, in the order the streams opened
+        self.watchers: dict[tuple[str, str, str], dict[tuple[Session, int], bool]] = {}
         self.posts = 0
         self.logins = 0
 
@@ -855,8 +857,8 @@ class EmulatorServer:
         self.logins += 1
         return self.logins <= self.faults.login_recover
 
-    def watch(self, session: Session, stream: int, key: tuple[str, str, str]) -> None:
-        self.watchers.setdefault(key, {})[(session, stream)] = None
+    def watch(self, session: Session, stream: int, key: tuple[str, str, str], key_in_updates: bool) -> None:
+        self.watchers.setdefault(key, {})[(session, stream)] = key_in_updates
 
     def unwatch(self, session: Session, stream: int) -> None:
         key = session.streams.pop(stream, None)
@@ -871,7 +873,7 @@ class EmulatorServer:
     def fan_out(self, key: tuple[str, str, str], ptype: str, fields: dict, info: Any,
                 outbox: dict[Session, list[dict]]) -> None:
         """Queue a posted change for every open stream on the item."""
-        for session, stream in list(self.watchers.get(key, ())):
+        for (session, stream), key_in_updates in list(self.watchers.get(key, {}).items()):
             if ptype == "Refresh":
                 msg = with_domain({"ID": stream, "Type": "Refresh",
                                    "Key": {"Service": key[0], "Name": key[2]},
@@ -879,6 +881,8 @@ class EmulatorServer:
                                    "Solicited": False}, key[1])
             else:
                 msg = with_domain({"ID": stream, "Type": "Update", "UpdateType": "Unspecified"}, key[1])
+                if key_in_updates:                 # the Request's KeyInUpdates, true by default
+                    msg["Key"] = {"Service": key[0], "Name": key[2]}
             if info:
                 msg["PostUserInfo"] = info
             msg["Fields"] = fields

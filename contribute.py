@@ -4,17 +4,22 @@ Connects to the ADS's WebSocket API (tr_json2), logs in with a DACS user,
 ApplicationId and Position, sends off-stream Post messages (a Refresh creates
 an item, an Update changes fields) and waits for each post's Ack.
 
+For ops engineers it also reads items back (get, watch, post --verify) and
+diagnoses a setup step by step (check).
+
     python contribute.py post --ric UMER.TST --field BID=22.1
     python contribute.py --sim post --ric UMER.TST --field BID=22.1   # built-in emulator
+    python contribute.py check --ric UMER.TST --field BID=22.1
 
 Exit codes:
-    0    every post acknowledged (login: login accepted)
+    0    every post acknowledged (login: accepted; get: found; check: passed)
     1    internal error, or a protocol violation by the server
     2    usage or configuration error
     3    could not connect, or the connection was lost
     4    login denied
-    5    a post was rejected: a Nak, or an Error message about it
-    6    timed out waiting for the login response or an ack
+    5    a post was rejected (a Nak, or an Error message about it), an item was
+         not found or closed by the ADS, or a read-back did not match
+    6    timed out waiting for the login response, an ack or an item
     130  interrupted before every post was acknowledged
 """
 import itertools
@@ -29,7 +34,7 @@ import sys
 import threading
 import time
 from enum import IntEnum
-from typing import IO, Any, Callable, Iterator, NamedTuple
+from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
 import click
 
@@ -45,6 +50,7 @@ DEFAULT_PATH = "/WebSocket"
 CLOSE_TIMEOUT = 2.0          # seconds to wait for the server's close frame
 PONG_TEXT = '{"Type":"Pong"}'
 PING_TEXT = '{"Type":"Ping"}'
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"     # RFC 6455: Sec-WebSocket-Accept
 
 
 class Exit(IntEnum):
@@ -65,6 +71,13 @@ EXIT_TABLE = "\n".join(line.strip() for line in __doc__.split("Exit codes:")[1].
 LOGIN_ATTRIBUTES = {"SupportOMMPost": "support_omm_post", "PingTimeout": "ping_timeout",
                     "MaxMsgSize": "max_msg_size", "ApplicationName": "application_name",
                     "ApplicationId": "application_id", "Position": "position"}
+
+# Hints for the common cases of an item request's closed Status, keyed by State Code.
+ITEM_HINTS = {
+    "NotFound": "the item is not in that service: check --ric and --service (post --refresh creates it)",
+    "NotEntitled": "DACS does not permit this user to that item or service: ask your market data team",
+    "SourceUnknown": "the ADS does not know that service: check --service",
+}
 
 # Hints for the common cases, keyed by NakCode or login State Code.
 HINTS = {
@@ -118,6 +131,11 @@ class Timeout(ContributeError):
     exit_code = Exit.TIMEOUT
 
 
+class Rejected(ContributeError):
+    """The ADS refused what was asked of it: the item is not there, or it did not read back as posted."""
+    exit_code = Exit.REJECTED
+
+
 class ProtocolViolation(ContributeError):
     """The server broke the protocol (we were right, the peer was wrong)."""
     exit_code = Exit.INTERNAL
@@ -130,21 +148,39 @@ def build_login(user: str, app_id: str, position: str, stream: int = LOGIN_STREA
             "Key": {"Name": user, "Elements": {"ApplicationId": app_id, "Position": position}}}
 
 
+def build_close(stream: int, domain: str = "MarketPrice") -> dict:
+    """A Close: Domain is required for every stream but MarketPrice (the login's included)."""
+    return {"ID": stream, "Type": "Close", "Domain": domain}
+
+
 def build_login_close(stream: int = LOGIN_STREAM) -> dict:
-    return {"ID": stream, "Type": "Close", "Domain": "Login"}
+    return build_close(stream, "Login")
+
+
+def build_request(stream: int, service: str, ric: str, *, domain: str = "MarketPrice",
+                  streaming: bool = True, view: list[str] | None = None) -> dict:
+    """An item Request: streaming (a Refresh, then Updates) or a snapshot (one Refresh)."""
+    request: dict[str, Any] = {"ID": stream, "Domain": domain, "Key": {"Service": service, "Name": ric}}
+    if not streaming:
+        request["Streaming"] = False
+    if view:
+        request["View"] = view
+    return request
 
 
 def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any], *,
                refresh: bool = False, domain: str = "MarketPrice",
                post_user_info: dict | None = None, stream: int = LOGIN_STREAM) -> dict:
-    """An off-stream Post (on the login stream) asking for an Ack."""
+    """A Post asking for an Ack: off-stream (on the login stream, with the item's Key) by default,
+    on-stream (on an open item stream, which names the item) when stream is that stream's ID."""
     message: dict[str, Any] = {"ID": 0, "Type": "Refresh" if refresh else "Update", "Domain": domain}
     if refresh:
         message["Solicited"] = False
         message["State"] = {"Stream": "Open", "Data": "Ok"}
     message["Fields"] = fields
-    post = {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id,
-            "Key": {"Service": service, "Name": ric}}
+    post: dict[str, Any] = {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id}
+    if stream == LOGIN_STREAM:
+        post["Key"] = {"Service": service, "Name": ric}
     if post_user_info:
         post["PostUserInfo"] = post_user_info
     post["Message"] = message
@@ -208,6 +244,25 @@ class Other(NamedTuple):
     msg: Any
 
 
+class ItemRefresh(NamedTuple):
+    """A Refresh on an item stream: the item's whole image."""
+    stream: Any
+    state: dict                     # the ADS's State object: Stream, Data, Code, Text
+    fields: dict
+    post_user_info: dict | None     # the last poster, when the ADS tells
+
+
+class ItemUpdate(NamedTuple):
+    stream: Any
+    fields: dict
+    post_user_info: dict | None
+
+
+class ItemStatus(NamedTuple):
+    stream: Any
+    state: dict
+
+
 class Closed(NamedTuple):
     code: int | None
     reason: str
@@ -223,9 +278,13 @@ class Interrupted(NamedTuple):
 
 
 POST_OUTCOMES = (Acked, AckBatch, Nakked, ServerError)
+ITEM_EVENTS = (ItemRefresh, ItemUpdate, ItemStatus)
 
 Event = (Opened | LoginAccepted | LoginDenied | Acked | AckBatch | Nakked | ServerError
-         | PingReceived | Other | Closed | Failure | Interrupted)
+         | ItemRefresh | ItemUpdate | ItemStatus | PingReceived | Other | Closed | Failure | Interrupted)
+
+# Stream states after which no more messages come on the stream.
+CLOSED_STREAM_STATES = {"NonStreaming", "ClosedRecover", "Closed", "Redirected"}
 
 
 def classify(msg: Any) -> Event:
@@ -251,7 +310,34 @@ def classify(msg: Any) -> Event:
         return Acked(msg.get("AckID"), msg.get("Text", ""))
     if mtype == "Error":
         return ServerError(msg.get("ID"), msg.get("Text", ""), offending_post_id(msg))
+    if msg.get("Domain") != "Login":
+        if mtype == "Refresh":
+            return ItemRefresh(msg.get("ID"), msg.get("State") or {}, msg.get("Fields") or {},
+                               msg.get("PostUserInfo"))
+        if mtype == "Update":
+            return ItemUpdate(msg.get("ID"), msg.get("Fields") or {}, msg.get("PostUserInfo"))
+        if mtype == "Status":
+            return ItemStatus(msg.get("ID"), msg.get("State") or {})
     return Other(msg)
+
+
+def state_words(stream: str, data: str, code: Any = None, text: str = "") -> str:
+    """A State in the ADS's own words: `Stream/Data Code "Text"` (no Code when it is None)."""
+    words = f"{stream}/{data}"
+    if code not in (None, "None", 0):
+        words += f" {code}"
+    return f"{words} {json.dumps(text)}" if text else words
+
+
+def item_state_words(state: dict) -> str:
+    return state_words(state.get("Stream", ""), state.get("Data", ""), state.get("Code"),
+                       state.get("Text", ""))
+
+
+def state_data(state: dict) -> dict:
+    """An item State for --json output."""
+    return {"stream": state.get("Stream"), "data": state.get("Data"),
+            "code": state.get("Code", "None"), "text": state.get("Text", "")}
 
 
 def offending_post_id(error: dict) -> int | None:
@@ -311,6 +397,101 @@ def walk(fields: dict[str, Any], rng: Any) -> dict[str, Any]:
             step = max(abs(value) * 0.001, 0.01)
             out[name] = round(value + rng.uniform(-step, step), 4)
     return out
+
+
+# Reading items back (get, watch, post --verify, check).
+
+_FID = re.compile(r"-?\d+")
+
+
+class FieldNames(NamedTuple):
+    """A field dictionary (--dictionary): to list fields in FID order and name posted FIDs."""
+    fid_of: dict[str, int]
+    name_of: dict[int, str]
+
+
+def load_field_names(path: str) -> FieldNames:
+    """The acronyms and FIDs of an RDMFieldDictionary: `ACRONYM "DDE NAME" FID ...` lines, `!` comments."""
+    fid_of: dict[str, int] = {}
+    try:
+        with open(path, encoding="latin-1") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip() or line.startswith("!"):
+                    continue
+                match = re.match(r'\s*(\S+)\s+"[^"]*"\s+(-?\d+)\s', line)
+                if not match:
+                    raise UsageProblem(f"--dictionary {path}:{number}: not an RDMFieldDictionary line")
+                fid_of[match[1]] = int(match[2])
+    except OSError as exc:
+        raise UsageProblem(f"--dictionary: cannot read {path}: {exc.strerror or exc}") from None
+    return FieldNames(fid_of, {fid: name for name, fid in fid_of.items()})
+
+
+def field_name(key: str, names: FieldNames | None) -> str | None:
+    """The name a field comes back under: a FID is named through the dictionary, if there is one."""
+    if not _FID.fullmatch(key):
+        return key
+    return names.name_of.get(int(key)) if names else None
+
+
+def in_fid_order(fields: dict[str, Any], names: FieldNames | None) -> list[tuple[str, Any]]:
+    """Fields in FID order when the dictionary is known (unknown names last), else as the ADS sent them."""
+    if names is None:
+        return list(fields.items())
+    last = float("inf")
+    return sorted(fields.items(), key=lambda item: names.fid_of.get(item[0], last))
+
+
+def render_value(value: Any) -> str:
+    """A field value as JSON: strings quoted, blank as null, so 42 and "42" stay distinct."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_fields(pairs: Iterable[tuple[str, Any]]) -> str:
+    return " ".join(f"{name}={render_value(value)}" for name, value in pairs)
+
+
+class Mismatch(NamedTuple):
+    """A posted field that did not read back as posted."""
+    field: str
+    posted: Any
+    read: Any
+    present: bool                   # False: the field is not in the item at all
+
+    def render(self) -> str:
+        read = render_value(self.read) if self.present else "(absent)"
+        return f"{self.field} posted {render_value(self.posted)}, read {read}"
+
+
+def same_value(posted: Any, read: Any) -> bool:
+    """Equal, numbers within a relative 1e-9 (the ADS stores Reals with a decimal hint)."""
+    numbers = (int, float)
+    if isinstance(posted, numbers) and isinstance(read, numbers) \
+            and not isinstance(posted, bool) and not isinstance(read, bool):
+        return abs(posted - read) <= 1e-9 * max(abs(posted), abs(read)) or posted == read
+    return posted == read
+
+
+def compare_fields(posted: dict[str, Any], read: dict[str, Any],
+                   names: FieldNames | None = None) -> tuple[list[Mismatch], list[str]]:
+    """Posted fields against the item read back: the mismatches, and the FIDs that cannot be
+    checked (posted by number with no dictionary to name them)."""
+    mismatches, unverified = [], []
+    for key, value in posted.items():
+        name = field_name(key, names)
+        if name is None:
+            unverified.append(key)
+        elif name not in read:
+            mismatches.append(Mismatch(key, value, None, False))
+        elif not same_value(value, read[name]):
+            mismatches.append(Mismatch(key, value, read[name], True))
+    return mismatches, unverified
+
+
+def describe_poster(info: dict | None) -> str:
+    if not info:
+        return "unknown"
+    return f"{info.get('Address')}, UserID {info.get('UserID')}"
 
 
 # ============================================================= bulk input
@@ -716,9 +897,9 @@ class Reporter:
         if not (self.quiet and success):
             self.emit(text, data)
 
-    def hint(self, key: str) -> None:
-        if key in HINTS and not self.quiet:
-            self.err.write(f"hint: {HINTS[key]}\n")
+    def hint(self, key: Any, hints: dict[str, str] = HINTS) -> None:
+        if key in hints and not self.quiet:
+            self.err.write(f"hint: {hints[key]}\n")
 
     def notice(self, text: str) -> None:
         if not self.quiet:
@@ -761,6 +942,12 @@ class Session:
         self._rng: Any = None
         self._saved_handlers: dict[int, Any] = {}
         self.on_other: Callable[[Any], None] | None = None   # events that are not the protocol's
+        self.login_request: dict | None = None   # the Login as last sent (who we are)
+        # Item streams: each open stream's handler, and the Requests to send again after a
+        # reconnect (streaming ones only). Stream IDs follow the login's.
+        self.items: dict[int, Callable[[Any], None]] = {}
+        self.item_requests: dict[int, dict] = {}
+        self._stream_ids = itertools.count(LOGIN_STREAM + 1)
 
     def __enter__(self) -> "Session":
         self._catch_signals()
@@ -880,7 +1067,7 @@ class Session:
             raise ProtocolViolation(f"unexpected event before the connection opened: {event}")
         position = s.position or f"{conn.local_address()}/{socket.gethostname()}"
         user = s.user or default_user()
-        login = build_login(user, s.app_id, position)
+        login = self.login_request = build_login(user, s.app_id, position)
         log.info("logging in as %s (ApplicationId %s, Position %s)", user, s.app_id, position)
         conn.send(login)
         delays = self.backoff()
@@ -955,6 +1142,8 @@ class Session:
                 self._open(host, port)
                 messages = self.ledger.resend(time.monotonic() + self.ack_timeout)
                 self.send_posts(messages)         # oldest first, before anything new
+                if self.item_requests:            # item streams open again (watch)
+                    self.conn.send(list(self.item_requests.values()))
             except LoginRefused as exc:
                 if exc.state is None or exc.state.stream_state != "ClosedRecover":
                     raise
@@ -969,12 +1158,13 @@ class Session:
 
     # -- posts
 
-    def post(self, spec: PostSpec, fields: dict[str, Any], refresh: bool) -> int:
-        """Send one post (waiting first while --window posts are in flight)."""
+    def post(self, spec: PostSpec, fields: dict[str, Any], refresh: bool, stream: int = LOGIN_STREAM) -> int:
+        """Send one post (waiting first while --window posts are in flight); off-stream unless
+        stream is an open item stream."""
         while self.window and len(self.ledger.pending) >= self.window and not self.interrupts:
             self.wait(None)
         message = build_post(0, spec.service, spec.ric, fields, refresh=refresh, domain=spec.domain,
-                             post_user_info=self.post_user_info(spec))
+                             post_user_info=self.post_user_info(spec), stream=stream)
         post_id = self.ledger.add(spec.service, spec.ric, time.monotonic() + spec.ack_timeout, message)
         try:
             self.conn.send(message)
@@ -1065,6 +1255,65 @@ class Session:
             return last_rx + timeout
         return last_rx + timeout / 3
 
+    # -- item streams (get, watch, post --on-stream, read-backs)
+
+    def request(self, service: str, ric: str, domain: str, handler: Callable[[Any], None], *,
+                streaming: bool = True, view: list[str] | None = None) -> int:
+        """Open an item stream; its Refresh, Updates and Status go to handler. The stream's ID."""
+        stream = next(self._stream_ids)
+        if view and self.login and self.login.attributes.get("SupportViewRequests") != 1:
+            log.info("the ADS does not announce SupportViewRequests: requesting every field")
+            view = None
+        request = build_request(stream, service, ric, domain=domain, streaming=streaming, view=view)
+        self.items[stream] = handler
+        if streaming:
+            self.item_requests[stream] = request
+        self.conn.send(request)
+        return stream
+
+    def close_item(self, stream: int, domain: str, *, send: bool = True) -> None:
+        """Forget an item stream; send its Close unless the ADS closed it (send=False)."""
+        self.items.pop(stream, None)
+        self.item_requests.pop(stream, None)
+        if send and self.conn and not self.conn.closed:
+            self.conn.send(build_close(stream, domain))
+
+    def first_reply(self, service: str, ric: str, domain: str, timeout: float, *, streaming: bool,
+                    view: list[str] | None = None) -> tuple[int, "ItemRefresh | ItemStatus"]:
+        """Request an item and wait for its Refresh or a Status that closes it (an open Status,
+        such as Open/Suspect, is only a notice). Timeout when neither comes in time."""
+        replies: list[ItemRefresh | ItemStatus] = []
+
+        def keep(event: Any) -> None:
+            if replies or isinstance(event, ItemUpdate):
+                return                           # the stream's later traffic (post --on-stream)
+            if isinstance(event, ItemRefresh) or event.state.get("Stream") in CLOSED_STREAM_STATES:
+                replies.append(event)
+            else:
+                log.info("%s %s: %s", service, ric, item_state_words(event.state))
+
+        stream = self.request(service, ric, domain, keep, streaming=streaming, view=view)
+        deadline = time.monotonic() + timeout
+        while not replies and time.monotonic() < deadline:
+            self.wait(deadline)
+            if self.interrupts:
+                raise KeyboardInterrupt
+        if not replies:
+            self.close_item(stream, domain)
+            raise Timeout(f"no reply to the request for {service} {ric} within {timeout:g}s")
+        reply = replies[0]
+        if reply.state.get("Stream") in CLOSED_STREAM_STATES:
+            self.close_item(stream, domain, send=False)
+        return stream, reply
+
+    def snapshot(self, service: str, ric: str, domain: str, timeout: float,
+                 view: list[str] | None = None) -> "ItemRefresh | ItemStatus":
+        """The item's image now: a non-streaming request."""
+        stream, reply = self.first_reply(service, ric, domain, timeout, streaming=False, view=view)
+        if stream in self.items:                 # the ADS left it open after all: Close it
+            self.close_item(stream, domain)
+        return reply
+
     def drain(self) -> None:
         """Wait until no post is pending (each has its own ack deadline)."""
         while self.ledger.pending:
@@ -1113,13 +1362,21 @@ class Session:
         self.interrupts += 1
         log.info("interrupted: no new posts")
 
+    def _on_item(self, event: Any) -> None:
+        handler = self.items.get(event.stream)
+        if handler is not None:
+            handler(event)
+        else:
+            log.debug("ignored: %s on stream %s, which is not open", type(event).__name__, event.stream)
+
     def _on_other(self, event: Other) -> None:
         log.debug("ignored: %s", event.msg)
 
     _handlers: dict[type, Callable[["Session", Any], None]] = {
         AckBatch: _on_ack_batch, Acked: _on_acked, Nakked: _on_nakked, ServerError: _on_server_error,
         LoginDenied: _on_login_denied, Closed: _on_closed, Failure: _on_failure,
-        Interrupted: _on_interrupted, Other: _on_other}
+        Interrupted: _on_interrupted, Other: _on_other,
+        ItemRefresh: _on_item, ItemUpdate: _on_item, ItemStatus: _on_item}
 
     def settle(self, post_id: Any, status: str, code: str | None = None, text: str | None = None) -> bool:
         outcome = self.ledger.resolve(post_id, status, code, text)
@@ -1210,12 +1467,196 @@ def run_login(settings: Settings, reporter: Reporter) -> Exit:
     return Exit.OK
 
 
-def run_post(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter) -> Exit:
+def run_post(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter, *,
+             verify: bool = False, on_stream: bool = False, names: FieldNames | None = None) -> Exit:
+    """One post. on_stream: open the item's stream first and post on it; verify: after the Ack,
+    read the item back and compare the fields just posted."""
     with Session(settings, reporter, ack_timeout=spec.ack_timeout) as session:
         session.connect()
-        session.post(spec, spec.fields, refresh)
+        stream = open_for_posting(session, spec) if on_stream else LOGIN_STREAM
+        session.post(spec, spec.fields, refresh, stream)
         session.drain()
-    return session.ledger.exit_code(interrupted=bool(session.interrupts))
+        code = session.ledger.exit_code(interrupted=bool(session.interrupts))
+        if verify and code == Exit.OK:
+            code = verify_post(session, spec, reporter, names)
+        if on_stream:
+            session.close_item(stream, spec.domain)
+    return code
+
+
+def open_for_posting(session: Session, spec: PostSpec) -> int:
+    """Open the item's stream for an on-stream post (waiting up to the ack timeout); its ID."""
+    stream, reply = session.first_reply(spec.service, spec.ric, spec.domain, spec.ack_timeout,
+                                        streaming=True)
+    if reply.state.get("Stream") in CLOSED_STREAM_STATES:
+        hint = ITEM_HINTS.get(reply.state.get("Code"))
+        if reply.state.get("Code") == "NotFound":
+            hint = "on-stream posts need an existing item: create it with an off-stream post --refresh"
+        raise Rejected(f"cannot open {spec.service} {spec.ric} to post on its stream: "
+                       f"{item_state_words(reply.state)}", hint)
+    return stream
+
+
+def item_refused(reply: "ItemRefresh | ItemStatus") -> bool:
+    """The ADS answered a request by closing the stream (not found, not entitled, ...)."""
+    return isinstance(reply, ItemStatus) or reply.state.get("Stream") in CLOSED_STREAM_STATES - {"NonStreaming"}
+
+
+def read_back(session: Session, spec: PostSpec,
+              names: FieldNames | None) -> tuple[ItemRefresh, list[Mismatch], list[str]]:
+    """Snapshot the item just posted (waiting up to the ack timeout) and compare the posted fields."""
+    view = [name for name in (field_name(key, names) for key in spec.fields) if name]
+    reply = session.snapshot(spec.service, spec.ric, spec.domain, spec.ack_timeout, view or None)
+    if item_refused(reply):
+        raise Rejected(f"reading {spec.service} {spec.ric} back: {item_state_words(reply.state)}",
+                       ITEM_HINTS.get(reply.state.get("Code")))
+    mismatches, unverified = compare_fields(spec.fields, reply.fields, names)
+    if unverified:
+        session.reporter.notice(f"contribute: not verified: FID {', '.join(unverified)} "
+                                "(give --dictionary to name FIDs)")
+    return reply, mismatches, unverified
+
+
+def mismatch_hint(session: Session, spec: PostSpec, reply: ItemRefresh) -> str:
+    if reply.post_user_info and reply.post_user_info != session.post_user_info(spec):
+        return f"the item was last posted by someone else ({describe_poster(reply.post_user_info)})"
+    return ("the ADS stored another value: check the field's type in the ADS dictionary "
+            "(an enum takes its number, a date YYYY-MM-DD)")
+
+
+def verify_post(session: Session, spec: PostSpec, reporter: Reporter, names: FieldNames | None) -> Exit:
+    """post --verify: VERIFIED, or a MISMATCH line per field (exit 5)."""
+    reply, mismatches, unverified = read_back(session, spec, names)
+    head = f"{spec.service} {spec.ric}"
+    checked = {k: v for k, v in spec.fields.items() if k not in unverified}
+    if not mismatches:
+        reporter.result(f"VERIFIED {head} {render_fields(checked.items())}",
+                        {"status": "verified", "service": spec.service, "ric": spec.ric, "fields": checked},
+                        success=True)
+        return Exit.OK
+    reporter.result("\n".join(f"MISMATCH {head} {m.render()}" for m in mismatches),
+                    {"status": "mismatch", "service": spec.service, "ric": spec.ric,
+                     "mismatches": [m._asdict() for m in mismatches],
+                     "post_user_info": poster_data(reply.post_user_info)}, success=False)
+    reporter.notice(f"hint: {mismatch_hint(session, spec, reply)}")
+    return Exit.REJECTED
+
+
+def poster_data(info: dict | None) -> dict | None:
+    """PostUserInfo for --json output."""
+    return {"address": info.get("Address"), "user_id": info.get("UserID")} if info else None
+
+
+def run_get(settings: Settings, reporter: Reporter, service: str, ric: str, *, domain: str = "MarketPrice",
+            fields: tuple[str, ...] = (), timeout: float = 10.0, names: FieldNames | None = None) -> Exit:
+    """A snapshot of one item: its fields, State and last poster. 0 when found, 5 when the ADS
+    answered with a closed Status."""
+    with Session(settings, reporter) as session:
+        session.connect()
+        reply = session.snapshot(service, ric, domain, timeout, list(fields) or None)
+    head = f"{service} {ric} {item_state_words(reply.state)}"
+    data: dict[str, Any] = {"service": service, "ric": ric, "state": state_data(reply.state)}
+    if item_refused(reply):
+        reporter.result(head, {**data, "fields": None, "post_user_info": None}, success=False)
+        reporter.hint(reply.state.get("Code"), ITEM_HINTS)
+        return Exit.REJECTED
+    shown = reply.fields
+    wanted = [field_name(f, names) for f in fields]
+    if wanted and None not in wanted:        # the ADS may not apply a View: filter here too
+        shown = {k: v for k, v in reply.fields.items() if k in wanted}
+        missing = [f for f, name in zip(fields, wanted) if name not in shown]
+        if missing:
+            reporter.notice(f"contribute: not in the item: {', '.join(missing)}")
+    ordered = in_fid_order(shown, names)
+    lines = [head]
+    if reply.post_user_info:
+        lines.append(f"last posted by {describe_poster(reply.post_user_info)}")
+    width = max((len(name) for name, _ in ordered), default=0)
+    lines += [f"{name.ljust(width)}  {render_value(value)}" for name, value in ordered]
+    reporter.result("\n".join(lines), {**data, "fields": dict(ordered),
+                                        "post_user_info": poster_data(reply.post_user_info)}, success=True)
+    return Exit.OK
+
+
+class Watch:
+    """`watch`: item streams printed as their messages arrive, and how each ended."""
+    SEVERITY = (Exit.OK, Exit.TIMEOUT, Exit.REJECTED)          # the worst ending decides the exit
+    KINDS = {ItemRefresh: "refresh", ItemUpdate: "update", ItemStatus: "status"}
+
+    def __init__(self, session: Session, reporter: Reporter, service: str, domain: str,
+                 count: int | None, names: FieldNames | None) -> None:
+        self.session, self.reporter = session, reporter
+        self.service, self.domain, self.count, self.names = service, domain, count, names
+        self.updates = 0
+        self.open: dict[int, str] = {}           # stream -> RIC, until the ADS closes it
+        self.waiting: set[int] = set()           # streams with no Refresh or Status yet
+        self.code = Exit.OK
+
+    def start(self, ric: str, view: list[str] | None) -> None:
+        stream = self.session.request(self.service, ric, self.domain,
+                                      lambda event: self.handle(ric, event), view=view)
+        self.open[stream] = ric
+        self.waiting.add(stream)
+
+    @property
+    def done(self) -> bool:
+        return not self.open or (self.count is not None and self.updates >= self.count)
+
+    def handle(self, ric: str, event: Any) -> None:
+        if self.done:                            # events already queued past --count
+            return
+        self.waiting.discard(event.stream)
+        data: dict[str, Any] = {"type": self.KINDS[type(event)], "service": self.service, "ric": ric}
+        words = [data["type"].upper(), self.service, ric]
+        state = getattr(event, "state", None)
+        if state is not None:
+            data["state"] = state_data(state)
+            words.append(item_state_words(state))
+        if not isinstance(event, ItemStatus):
+            data["fields"] = dict(in_fid_order(event.fields, self.names))
+            data["post_user_info"] = poster_data(event.post_user_info)
+            words.append(render_fields(data["fields"].items()))
+        self.reporter.emit(" ".join(w for w in words if w), data)
+        if isinstance(event, ItemUpdate):
+            self.updates += 1
+        elif state.get("Stream") in CLOSED_STREAM_STATES:
+            self.session.close_item(event.stream, self.domain, send=False)
+            del self.open[event.stream]
+            if state.get("Stream") != "NonStreaming":
+                self.end(Exit.REJECTED)
+                self.reporter.hint(state.get("Code"), ITEM_HINTS)
+
+    def time_out(self, timeout: float) -> None:
+        """Streams still without a reply are reported, closed and dropped."""
+        for stream in sorted(self.waiting):
+            ric = self.open.pop(stream)
+            self.reporter.emit(f"TIMEOUT {self.service} {ric} \"no reply within {timeout:g}s\"",
+                               {"type": "timeout", "service": self.service, "ric": ric})
+            self.session.close_item(stream, self.domain)
+            self.end(Exit.TIMEOUT)
+        self.waiting.clear()
+
+    def end(self, code: Exit) -> None:
+        self.code = max(self.code, code, key=self.SEVERITY.index)
+
+
+def run_watch(settings: Settings, reporter: Reporter, service: str, rics: tuple[str, ...], *,
+              domain: str = "MarketPrice", fields: tuple[str, ...] = (), timeout: float = 10.0,
+              count: int | None = None, names: FieldNames | None = None) -> Exit:
+    """Streaming requests for the items; every Refresh, Update and Status printed until --count
+    Updates, Ctrl-C, or the ADS closing every stream. Lost connections are recovered and the
+    streams requested again."""
+    with Session(settings, reporter, recover=True) as session:
+        session.connect()
+        watch = Watch(session, reporter, service, domain, count, names)
+        for ric in dict.fromkeys(rics):
+            watch.start(ric, list(fields) or None)
+        first_deadline = time.monotonic() + timeout
+        while not watch.done and not session.interrupts:
+            session.wait(first_deadline if watch.waiting else None)
+            if watch.waiting and time.monotonic() >= first_deadline:
+                watch.time_out(timeout)
+    return watch.code
 
 
 def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: bool = True,
@@ -1497,16 +1938,297 @@ def progress_bar(reporter: Reporter, path: str) -> Any:
     return bar
 
 
+# ============================================================== diagnostics
+# `check`: the way to a working post taken one step at a time, so that a
+# failure names its step: resolve, tcp, websocket, login, post, read-back.
+
+class Step(NamedTuple):
+    name: str
+    status: str                      # ok, fail or skipped
+    detail: str = ""
+    hint: str | None = None
+    ms: float | None = None
+
+
+class Checklist:
+    """Runs steps in order; after the first failure the rest are skipped.
+
+    In text mode each step is printed as it ends (a step may take a timeout's
+    length); with --json the checklist is one document at the end.
+    """
+    MARKS = {"ok": "ok", "fail": "FAIL", "skipped": "skip"}
+
+    def __init__(self, reporter: Reporter, url: str) -> None:
+        self.reporter, self.url = reporter, url
+        self.steps: list[Step] = []
+        self.failed: Step | None = None
+        self.code = Exit.OK                      # the failed step's exit status
+        self.live = not (reporter.as_json or reporter.quiet)
+        if self.live:
+            self._write(f"check {url}")
+
+    def step(self, name: str, action: Callable[[], tuple[str, Any]]) -> Any:
+        """Run action (returning its finding and a value for later steps); the value, or None."""
+        if self.failed:
+            return self._add(Step(name, "skipped"))
+        start = time.perf_counter()
+        try:
+            detail, value = action()
+        except ContributeError as exc:
+            self.failed = Step(name, "fail", str(exc), exc.hint, self._ms(start))
+            self.code = exc.exit_code
+            return self._add(self.failed)
+        self._add(Step(name, "ok", detail, None, self._ms(start)))
+        return value
+
+    def skip(self, name: str, why: str) -> None:
+        self._add(Step(name, "skipped", why))
+
+    def finish(self) -> Exit:
+        code = self.code if self.failed else Exit.OK
+        skipped = sum(s.status == "skipped" for s in self.steps)
+        summary = (f"failed at {self.failed.name}: exit {int(code)}" if self.failed else
+                   f"passed: {len(self.steps) - skipped} steps" + (f", {skipped} skipped" if skipped else ""))
+        if self.reporter.as_json:
+            steps = [{"step": s.name, "status": s.status, "detail": s.detail, "hint": s.hint, "ms": s.ms}
+                     for s in self.steps]
+            self.reporter.result("", {"url": self.url, "result": "failed" if self.failed else "ok",
+                                      "exit_code": int(code), "failed_step": self.failed and self.failed.name,
+                                      "steps": steps}, success=not self.failed)
+        elif self.live:
+            self._write(summary)
+        elif self.failed:                        # -q: the checklist only when it failed
+            self._write("\n".join([f"check {self.url}", *map(self.render, self.steps), summary]))
+        return code
+
+    @staticmethod
+    def render(step: Step) -> str:
+        line = f"  {Checklist.MARKS[step.status]:<5} {step.name:<10} {step.detail}".rstrip()
+        if step.ms is not None and step.status == "ok":
+            line += f"  ({step.ms:.1f} ms)"
+        if step.hint:
+            line += f"\n{'':17}hint: {step.hint}"
+        return line
+
+    def _add(self, step: Step) -> None:
+        self.steps.append(step)
+        if self.live:
+            self._write(self.render(step))
+
+    def _write(self, text: str) -> None:
+        self.reporter.out.write(text + "\n")
+        self.reporter.out.flush()
+
+    @staticmethod
+    def _ms(start: float) -> float:
+        return round((time.perf_counter() - start) * 1000, 1)
+
+
+def check_resolve(host: str, port: int) -> tuple[str, list]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConnectFailed(f"cannot resolve {host}: {exc.strerror or exc}",
+                            "check --host: the name is not known to DNS or the hosts file") from None
+    infos = list({info[4]: info for info in infos}.values())    # one per address
+    return f"{host} -> {', '.join(info[4][0] for info in infos)}", infos
+
+
+def check_tcp(infos: list, host: str, settings: Settings) -> tuple[str, socket.socket]:
+    """A TCP connection to the first address that accepts (and TLS with --tls)."""
+    failures, timeouts = [], 0
+    for family, kind, proto, _, address in infos:
+        where = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(settings.connect_timeout)
+        try:
+            sock.connect(address)
+            if settings.tls:
+                import ssl
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                return f"connected to {where}, {sock.version()}", sock
+            return f"connected to {where}", sock
+        except TimeoutError:
+            timeouts += 1
+            failures.append(f"{where}: no answer within {settings.connect_timeout:g}s")
+        except ConnectionRefusedError:
+            failures.append(f"{where}: connection refused, nothing is listening")
+        except OSError as exc:                     # unreachable, TLS failures, ...
+            failures.append(f"{where}: {exc.strerror or exc}")
+        sock.close()
+    if timeouts == len(failures):
+        raise Timeout("; ".join(failures), "a firewall may be dropping the traffic: check --host and --port")
+    raise ConnectFailed("; ".join(failures), "check --host and --port: the ADS WebSocket port is often 15000")
+
+
+def check_upgrade(sock: socket.socket, host: str, port: int, settings: Settings) -> tuple[str, None]:
+    """The WebSocket upgrade offering tr_json2, by hand, so that every way of failing can be told
+    apart: no answer, not HTTP, a refusal (with the server's own words), or no tr_json2."""
+    import base64
+    import hashlib
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = (f"GET {settings.path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\nUser-Agent: contribute.py\r\n\r\n")
+    not_ads = "this port is not an ADS WebSocket port: check --host, --port and --path"
+    try:
+        sock.sendall(request.encode())
+        response = read_http_response(sock, time.monotonic() + settings.connect_timeout)
+    except TimeoutError:
+        raise Timeout(f"no answer to the WebSocket upgrade within {settings.connect_timeout:g}s",
+                      not_ads) from None
+    except OSError as exc:
+        raise ConnectFailed(f"the connection failed during the WebSocket upgrade: {exc}", not_ads) from None
+    if not response:
+        raise ConnectFailed("the server closed the connection without answering the WebSocket upgrade",
+                            not_ads)
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status_line = re.fullmatch(r"HTTP/\d\.\d (\d{3}) ?(.*)", lines[0])
+    if not status_line:
+        raise ConnectFailed(f"the server does not speak HTTP or WebSocket: it answered {response[:60]!r}",
+                            not_ads)
+    status, reason = int(status_line[1]), status_line[2]
+    headers = {name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in lines[1:])}
+    said = body.decode("utf-8", "replace").strip().split("\n")[0].strip()[:200]
+    if status != 101:
+        words = f"HTTP {status} {reason}".rstrip() + (f": {said}" if said else "")
+        if "subprotocol" in said.lower():
+            raise ConnectFailed(f"the server refused subprotocol {SUBPROTOCOL}: {words}",
+                                "the port speaks WebSocket but not tr_json2: is it an ADS WebSocket port?")
+        hint = "check --path: the ADS's is /WebSocket" if status == 404 else not_ads
+        raise ConnectFailed(f"the server answered the WebSocket upgrade on {settings.path} with {words}", hint)
+    accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+    if headers.get("upgrade", "").lower() != "websocket" or headers.get("sec-websocket-accept") != accept:
+        raise ConnectFailed("the server answered 101 without a valid WebSocket upgrade", not_ads)
+    chosen = headers.get("sec-websocket-protocol")
+    if (chosen or "").lower() != SUBPROTOCOL:
+        raise ConnectFailed(f"the server accepted the WebSocket upgrade but not subprotocol {SUBPROTOCOL} "
+                            f"(it chose {chosen or 'none'})",
+                            "the port speaks WebSocket but not tr_json2: is it an ADS WebSocket port?")
+    mask = os.urandom(4)                           # a masked Close frame, code 1000: a clean goodbye
+    sock.sendall(b"\x88\x82" + mask + bytes(b ^ mask[i] for i, b in enumerate(b"\x03\xe8")))
+    return f"HTTP 101, subprotocol {chosen}, path {settings.path}", None
+
+
+def read_http_response(sock: socket.socket, deadline: float) -> bytes:
+    """An HTTP response head (and the body, up to 4 KB, when Content-Length says there is one),
+    or what came before the server closed. TimeoutError at the deadline with nothing."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head + b"\r\n")
+            if not length or len(body) >= min(int(length[1]), 4096):
+                return data
+        elif len(data) > 65536:
+            return data
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            if data:
+                return data
+            raise
+        if not chunk:
+            return data
+        data += chunk
+
+
+class Collector(Reporter):
+    """A reporter that keeps post outcomes for the caller instead of printing them."""
+
+    def __init__(self, base: Reporter) -> None:
+        super().__init__(base.out, base.err, base.as_json, quiet=True)
+        self.outcomes: list[Outcome] = []
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    def event(self, kind: str, message: str, **data: Any) -> None:
+        log.info("%s", message)
+
+
+def check_login(session: Session) -> tuple[str, None]:
+    login = session.connect()
+    attrs = login.attributes
+    support = attrs.get("SupportOMMPost")
+    if support is not None and support != 1:
+        raise LoginRefused(f"the login was accepted, but SupportOMMPost is {support}: the ADS will not "
+                           "take posts on it", "ask your market data team to enable posting for this user")
+    key = session.login_request["Key"]
+    elements = key["Elements"]
+    return (f"{key['Name']} (ApplicationId {elements['ApplicationId']}, Position {elements['Position']}) "
+            f"accepted: {json.dumps(login.text)}; SupportOMMPost={support if support is not None else 'absent'}"
+            f" PingTimeout={attrs.get('PingTimeout')} MaxMsgSize={attrs.get('MaxMsgSize')}", None)
+
+
+OUTCOME_ERRORS = {"nak": Rejected, "error": Rejected, "timeout": Timeout, "lost": ConnectFailed}
+
+
+def check_post(session: Session, spec: PostSpec, refresh: bool, collector: Collector) -> tuple[str, None]:
+    session.post(spec, spec.fields, refresh)
+    session.drain()
+    if not collector.outcomes:
+        raise KeyboardInterrupt                    # drain returns early only when interrupted
+    outcome = collector.outcomes[-1]
+    if outcome.status == "ack":
+        return f"{'Refresh' if refresh else 'Update'} {render_fields(spec.fields.items())}: " \
+               f"{outcome.render()}", None
+    hint = HINTS.get("UnexpectedFID" if "Unexpected FID" in (outcome.text or "") else outcome.nak_code or "")
+    raise OUTCOME_ERRORS[outcome.status](outcome.render(), hint)
+
+
+def check_read_back(session: Session, spec: PostSpec, names: FieldNames | None) -> tuple[str, None]:
+    reply, mismatches, unverified = read_back(session, spec, names)
+    if mismatches:
+        raise Rejected("; ".join(m.render() for m in mismatches), mismatch_hint(session, spec, reply))
+    checked = {k: v for k, v in spec.fields.items() if k not in unverified}
+    return f"{render_fields(checked.items())} as posted ({item_state_words(reply.state)})", None
+
+
+def run_check(settings: Settings, reporter: Reporter, spec: PostSpec | None, refresh: bool = False,
+              names: FieldNames | None = None) -> Exit:
+    """The checklist; its exit status is the failing step's (3 connect, 4 login, 5 post or
+    read-back, 6 a step that timed out). Only the first host of --host is checked."""
+    hosts = settings.hosts()
+    host, port = hosts[0]
+    if len(hosts) > 1:
+        reporter.notice(f"contribute: check: checking the first host only ({host}:{port})")
+    checks = Checklist(reporter, settings.url_for(host, port))
+    infos = checks.step("resolve", lambda: check_resolve(host, port))
+    sock = checks.step("tcp", lambda: check_tcp(infos, host, settings))
+    try:
+        checks.step("websocket", lambda: check_upgrade(sock, host, port, settings))
+    finally:
+        if sock is not None:
+            sock.close()
+    collector = Collector(reporter)
+    one_host = settings._replace(host=f"[{host}]:{port}" if ":" in host else f"{host}:{port}", retries=0)
+    with Session(one_host, collector, ack_timeout=spec.ack_timeout if spec else 10.0) as session:
+        checks.step("login", lambda: check_login(session))
+        if spec is None:
+            checks.skip("post", "give --ric and --field to test a post")
+            checks.skip("read-back", "")
+        else:
+            checks.step("post", lambda: check_post(session, spec, refresh, collector))
+            checks.step("read-back", lambda: check_read_back(session, spec, names))
+    return checks.finish()
+
+
 # =========================================================== configuration
 
 CONFIG_SECTION = "contribute"
 GLOBAL_KEYS = {"host", "port", "user", "app_id", "position", "path", "tls", "connect_timeout",
-               "retries", "reconnect_min", "reconnect_max", "verbose", "quiet", "json", "sim"}
-SHARED_KEYS = {"service", "domain", "ack_timeout", "post_user_info", "post_user_address", "post_user_id",
-               "window"}
-POST_KEYS = SHARED_KEYS | {"rate"}
-RUN_KEYS = SHARED_KEYS | {"interval", "count", "walk", "resend"}
-COMMAND_KEYS = POST_KEYS | RUN_KEYS
+               "retries", "reconnect_min", "reconnect_max", "dictionary", "verbose", "quiet", "json", "sim"}
+SHARED_KEYS = {"service", "domain", "ack_timeout", "post_user_info", "post_user_address", "post_user_id"}
+READ_KEYS = {"service", "domain", "timeout"}
+KEYS_BY_COMMAND = {"post": SHARED_KEYS | {"window", "rate", "on_stream"},
+                   "run": SHARED_KEYS | {"window", "interval", "count", "walk", "resend"},
+                   "get": READ_KEYS, "watch": READ_KEYS, "check": SHARED_KEYS}
+COMMAND_KEYS = set().union(*KEYS_BY_COMMAND.values())
 
 
 class ConfigError(click.ClickException):
@@ -1559,8 +2281,8 @@ def load_config(path: str) -> dict[str, Any]:
     """The click default_map for a config file: global keys, and command keys per command."""
     values = read_config(path)
     defaults: dict[str, Any] = {k: v for k, v in values.items() if k in GLOBAL_KEYS}
-    defaults["post"] = {k: v for k, v in values.items() if k in POST_KEYS}
-    defaults["run"] = {k: v for k, v in values.items() if k in RUN_KEYS}
+    for command, keys in KEYS_BY_COMMAND.items():
+        defaults[command] = {k: v for k, v in values.items() if k in keys}
     return defaults
 
 
@@ -1636,6 +2358,8 @@ def env(name: str) -> str:
               envvar=env("reconnect_min"), metavar="SECONDS", help="first reconnect backoff (doubles)")
 @click.option("--reconnect-max", type=click.FloatRange(0, min_open=True), default=30.0,
               envvar=env("reconnect_max"), metavar="SECONDS", help="longest reconnect backoff")
+@click.option("--dictionary", metavar="PATH", envvar=env("dictionary"),
+              help="RDMFieldDictionary: list read fields in FID order, name posted FIDs")
 @click.option("--user", metavar="NAME", envvar=env("user"), help="DACS user name  [default: your login name]")
 @click.option("--app-id", default=DEFAULT_APP_ID, envvar=env("app_id"), metavar="ID",
               help="DACS ApplicationId")
@@ -1649,14 +2373,20 @@ def env(name: str) -> str:
               help="use the built-in ADS emulator instead of a real ADS")
 @click.pass_context
 def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, connect_timeout: float,
-        retries: int, reconnect_min: float, reconnect_max: float, user: str | None, app_id: str,
-        position: str | None, verbose: int, quiet: bool, as_json: bool, sim: bool) -> None:
+        retries: int, reconnect_min: float, reconnect_max: float, dictionary: str | None, user: str | None,
+        app_id: str, position: str | None, verbose: int, quiet: bool, as_json: bool, sim: bool) -> None:
     """Contribute data to an ADS (Refinitiv Real-Time) over its WebSocket API."""
     setup_logging(verbose, quiet)
     settings = Settings(host, port, user, app_id, position, path, tls, connect_timeout, retries,
                         reconnect_min, max(reconnect_min, reconnect_max))
-    ctx.obj = {"settings": settings, "sim": sim, "quiet": quiet,
+    ctx.obj = {"settings": settings, "sim": sim, "quiet": quiet, "dictionary": dictionary,
                "reporter": Reporter(sys.stdout, sys.stderr, as_json, quiet)}
+
+
+def names_of(ctx: click.Context) -> FieldNames | None:
+    """The --dictionary, read when a command needs it."""
+    path = ctx.obj["dictionary"]
+    return load_field_names(path) if path else None
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -1727,10 +2457,31 @@ def make_spec(ric: str | None, service: str | None, fields: tuple, domain: str, 
         raise click.UsageError("Missing option '--ric' (or --file).")
     if not bulk and not fields:
         raise click.UsageError("Missing option '--field'.")
-    if not service and not bulk:
-        raise UsageProblem("no service: give --service, CONTRIBUTE_SERVICE or 'service' in the config file")
-    return PostSpec(service or "", ric or "", dict(fields), domain, ack_timeout, post_user_info,
+    service = (service or "") if bulk else need_service(service)    # rows may name their service
+    return PostSpec(service, ric or "", dict(fields), domain, ack_timeout, post_user_info,
                     post_user_address, post_user_id)
+
+
+def need_service(service: str | None) -> str:
+    if not service:
+        raise UsageProblem("no service: give --service, CONTRIBUTE_SERVICE or 'service' in the config file")
+    return service
+
+
+def read_options(command: Callable) -> Callable:
+    """The options get and watch share: which service, which fields, how long to wait."""
+    options = [
+        click.option("--service", metavar="NAME", envvar=env("service"), help="ADS service of the item"),
+        click.option("--field", "fields", multiple=True, metavar="NAME",
+                     help="only this field (a View); repeatable  [default: every field]"),
+        click.option("--domain", default="MarketPrice", envvar=env("domain"), metavar="DOMAIN",
+                     help="message domain"),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+                     envvar=env("timeout"), metavar="SECONDS", help="how long to wait for the item's reply"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @cli.command()
@@ -1745,9 +2496,13 @@ def make_spec(ric: str | None, service: str | None, fields: tuple, domain: str, 
               help="with --file: at most N posts per second")
 @click.option("--strict", is_flag=True, help="with --file: stop at the first malformed row")
 @click.option("--failed-out", metavar="FILE", help="with --file: write failed rows here, in the input's format")
+@click.option("--verify", is_flag=True, help="after the Ack, read the item back and compare the fields")
+@click.option("--on-stream", is_flag=True, envvar=env("on_stream"),
+              help="open the item's stream and post on it (when off-stream posts are not routed)")
 @click.pass_context
 def post(ctx: click.Context, refresh: bool, path: str | None, fmt: str | None, window: int,
-         rate: float | None, strict: bool, failed_out: str | None, **spec: Any) -> None:
+         rate: float | None, strict: bool, failed_out: str | None, verify: bool, on_stream: bool,
+         **spec: Any) -> None:
     """Post once and wait for the Ack. An Update by default (changes only the given fields).
 
     With --file, post every row of a CSV file (header: RIC, optional SERVICE
@@ -1756,7 +2511,10 @@ def post(ctx: click.Context, refresh: bool, path: str | None, fmt: str | None, w
     """
     spec = make_spec(**spec, bulk=path is not None)
     if path is None:
-        ctx.exit(run_post(settings_of(ctx), spec, refresh, ctx.obj["reporter"]))
+        ctx.exit(run_post(settings_of(ctx), spec, refresh, ctx.obj["reporter"], verify=verify,
+                          on_stream=on_stream, names=names_of(ctx) if verify else None))
+    if verify or on_stream:
+        raise click.UsageError("--verify and --on-stream are for one post, not with --file")
     ctx.exit(run_bulk(settings_of(ctx), spec, refresh, ctx.obj["reporter"], path=path,
                       fmt=input_format(path, fmt), window=window, rate=rate, strict=strict,
                       failed_out=failed_out))
@@ -1792,6 +2550,53 @@ def run(ctx: click.Context, refresh: bool, interval: float, count: int | None, w
 def login(ctx: click.Context) -> None:
     """Connect and log in only: check a DACS user, application id and position."""
     ctx.exit(run_login(settings_of(ctx), ctx.obj["reporter"]))
+
+
+@cli.command()
+@click.option("--ric", required=True, metavar="RIC", help="item name")
+@read_options
+@click.pass_context
+def get(ctx: click.Context, ric: str, service: str | None, fields: tuple[str, ...], domain: str,
+        timeout: float) -> None:
+    """Read an item once (a snapshot): its fields, State and last poster.
+
+    Exit 0 when the item was found, 5 when the ADS answered with a closed Status.
+    """
+    service = need_service(service)
+    ctx.exit(run_get(settings_of(ctx), ctx.obj["reporter"], service, ric, domain=domain, fields=fields,
+                     timeout=timeout, names=names_of(ctx)))
+
+
+@cli.command()
+@click.option("--ric", "rics", required=True, multiple=True, metavar="RIC", help="item name; repeatable")
+@read_options
+@click.option("--count", type=click.IntRange(1), metavar="N", help="stop after N Updates  [default: Ctrl-C]")
+@click.pass_context
+def watch(ctx: click.Context, rics: tuple[str, ...], service: str | None, fields: tuple[str, ...], domain: str,
+          timeout: float, count: int | None) -> None:
+    """Print items' Refresh, Updates and Status as they arrive, until Ctrl-C or --count Updates.
+
+    Exit 0, 5 when the ADS closed an item's stream (not found, not entitled), 6
+    when an item got no reply within --timeout.
+    """
+    service = need_service(service)
+    ctx.exit(run_watch(settings_of(ctx), ctx.obj["reporter"], service, rics, domain=domain, fields=fields,
+                       timeout=timeout, count=count, names=names_of(ctx)))
+
+
+@cli.command()
+@post_options
+@click.option("--refresh", is_flag=True, help="test with a Refresh (creates the item) instead of an Update")
+@click.pass_context
+def check(ctx: click.Context, refresh: bool, **options: Any) -> None:
+    """Diagnose step by step: resolve, TCP, WebSocket upgrade, login and, with --ric and
+    --field, a test post read back. Stops at the first failing step and exits with its
+    code: 3 connect, 4 login, 5 post or read-back, 6 timed out.
+    """
+    spec = None
+    if options["ric"] or options["fields"]:
+        spec = make_spec(**options)
+    ctx.exit(run_check(settings_of(ctx), ctx.obj["reporter"], spec, refresh, names_of(ctx)))
 
 
 def main() -> None:

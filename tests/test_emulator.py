@@ -240,13 +240,23 @@ def test_on_stream_post_is_acked_and_fanned_out(emu):
                  "Message": {"ID": 0, "Type": "Update", "Fields": {"ASK": 45.57}}}
     replies = poster.roundtrip(on_stream)
     assert replies == [
-        {"ID": 5, "Type": "Update", "UpdateType": "Unspecified", "PostUserInfo": info,
-         "Fields": {"ASK": 45.57}},
+        {"ID": 5, "Type": "Update", "UpdateType": "Unspecified",
+         "Key": {"Service": "NIPROV", "Name": "UMER.TST"}, "PostUserInfo": info, "Fields": {"ASK": 45.57}},
         {"ID": 5, "Type": "Ack", "AckID": 3, "Text": "All is well"}]
     [update] = watcher.recv()
     assert update["ID"] == 2 and update["Fields"] == {"ASK": 45.57}
     watcher.close()
     poster.close()
+
+
+def test_updates_carry_the_key_unless_key_in_updates_is_false(client):
+    client.login()
+    client.send([{"ID": 2, "Key": {"Name": "UMER.TST", "Service": "NIPROV"}},
+                 {"ID": 3, "Key": {"Name": "UMER.TST", "Service": "NIPROV"}, "KeyInUpdates": False}])
+    client.recv_until(lambda m: m["ID"] == 3)
+    updates = client.roundtrip(post(fields={"BID": 2.5}))[:-1]       # the Ack comes last
+    assert [(u["ID"], u.get("Key")) for u in updates] == [
+        (2, {"Service": "NIPROV", "Name": "UMER.TST"}), (3, None)]
 
 
 # --------------------------------------------------------------- dictionary

@@ -6,10 +6,12 @@ import random
 import pytest
 
 import contribute
-from contribute import (Acked, ConfigError, Exit, Ledger, LoginAccepted, LoginDenied, Nakked,
-                        Other, PingReceived, ProtocolViolation, ServerError, build_login,
-                        build_login_close, build_post, classify, encode, parse_field, read_config,
-                        walk)
+from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger,
+                        LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
+                        ProtocolViolation, ServerError, UsageProblem, build_close, build_login,
+                        build_login_close, build_post, build_request, classify, compare_fields,
+                        encode, in_fid_order, item_state_words, load_field_names, parse_field,
+                        read_config, walk)
 
 
 # ------------------------------------------------------ golden wire messages
@@ -84,9 +86,83 @@ def test_classify_error_finds_the_offending_post():
 
 def test_classify_ping_and_others():
     assert isinstance(classify({"Type": "Ping"}), PingReceived)
-    assert isinstance(classify({"ID": 2, "Type": "Update", "Fields": {}}), Other)
+    assert isinstance(classify({"ID": 1, "Type": "Status", "Domain": "Login",
+                                "State": {"Stream": "Open", "Data": "Ok"}}), Other)
+    assert isinstance(classify({"ID": 2, "Type": "Generic", "Domain": "Contribution"}), Other)
     with pytest.raises(ProtocolViolation):
         classify(["not", "an", "object"])
+
+
+def test_request_and_close_golden():
+    assert encode(build_request(2, "NIPROV", "UMER.TST")) == \
+        '{"ID":2,"Domain":"MarketPrice","Key":{"Service":"NIPROV","Name":"UMER.TST"}}'
+    assert encode(build_request(3, "NIPROV", "UMER.TST", streaming=False, view=["BID", "ASK"])) == \
+        '{"ID":3,"Domain":"MarketPrice","Key":{"Service":"NIPROV","Name":"UMER.TST"},' \
+        '"Streaming":false,"View":["BID","ASK"]}'
+    assert encode(build_close(3)) == '{"ID":3,"Type":"Close","Domain":"MarketPrice"}'
+
+
+def test_on_stream_post_golden():
+    """On-stream (protocol.md section 6): the item stream's ID and no Key."""
+    msg = build_post(4, "NIPROV", "UMER.TST", {"ASK": 45.57}, stream=2)
+    assert encode(msg) == ('{"ID":2,"Type":"Post","Domain":"MarketPrice","Ack":true,"PostID":4,'
+                           '"Message":{"ID":0,"Type":"Update","Domain":"MarketPrice","Fields":{"ASK":45.57}}}')
+
+
+def test_classify_item_messages():
+    """Shapes from protocol.md section 8: Refresh, Update and Status on an item stream."""
+    info = {"Address": "10.0.0.1", "UserID": 7}
+    refresh = classify({"ID": 2, "Type": "Refresh", "Key": {"Service": "NIPROV", "Name": "UMER.TST"},
+                        "State": {"Stream": "NonStreaming", "Data": "Ok", "Text": "All is well"},
+                        "PostUserInfo": info, "Fields": {"BID": 22.1}})
+    assert refresh == ItemRefresh(2, {"Stream": "NonStreaming", "Data": "Ok", "Text": "All is well"},
+                                  {"BID": 22.1}, info)
+    assert classify({"ID": 2, "Type": "Update", "UpdateType": "Quote", "Fields": {"ASK": 1}}) == \
+        ItemUpdate(2, {"ASK": 1}, None)
+    status = classify({"ID": 3, "Type": "Status", "State": {
+        "Stream": "Closed", "Data": "Suspect", "Code": "NotFound", "Text": "**The record could not be found"}})
+    assert isinstance(status, ItemStatus) and status.stream == 3
+    assert item_state_words(status.state) == 'Closed/Suspect NotFound "**The record could not be found"'
+    assert item_state_words(refresh.state) == 'NonStreaming/Ok "All is well"'
+
+
+# ------------------------------------------------------- reading items back
+
+DICTIONARY = """\
+! ACRONYM    DDE ACRONYM          FID  RIPPLES TO  FIELD TYPE     LENGTH  RWF TYPE   RWF LEN
+TRDPRC_1   "LAST"                 6  TRDPRC_2  PRICE           17      REAL64      7
+BID        "BID"                 22  BID_1     PRICE           17      REAL64      7
+ASK        "ASK"                 25  ASK_1     PRICE           17      REAL64      7
+GEN_TEXT16 "GEN TEXT 16"       1000  NULL      ALPHANUMERIC    16      RMTES_STRING 16
+"""
+
+
+def test_field_dictionary_orders_fields_and_names_fids(tmp_path):
+    path = tmp_path / "RDMFieldDictionary"
+    path.write_text(DICTIONARY)
+    names = load_field_names(str(path))
+    assert names.fid_of["GEN_TEXT16"] == 1000 and names.name_of[22] == "BID"
+    fields = {"GEN_TEXT16": "x", "LOCAL": 1, "ASK": 2.0, "TRDPRC_1": 3.0}
+    assert [k for k, _ in in_fid_order(fields, names)] == ["TRDPRC_1", "ASK", "GEN_TEXT16", "LOCAL"]
+    assert [k for k, _ in in_fid_order(fields, None)] == list(fields)       # as the ADS sent them
+    path.write_text("BID no quotes here\n")
+    with pytest.raises(UsageProblem, match=":1: not an RDMFieldDictionary line"):
+        load_field_names(str(path))
+
+
+def test_compare_fields(tmp_path):
+    read = {"BID": 22.1, "ASK": 24.0, "GEN_TEXT16": "0042", "RDN_EXCHID": None}
+    assert compare_fields({"BID": 22.1, "ASK": 24, "GEN_TEXT16": "0042"}, read) == ([], [])
+    mismatches, unverified = compare_fields({"BID": 22.2, "GEN_TEXT16": 42, "RDN_EXCHID": "NYS",
+                                             "TRDPRC_1": 1.0, "22": 22.1}, read)
+    assert mismatches == [Mismatch("BID", 22.2, 22.1, True), Mismatch("GEN_TEXT16", 42, "0042", True),
+                          Mismatch("RDN_EXCHID", "NYS", None, True), Mismatch("TRDPRC_1", 1.0, None, False)]
+    assert unverified == ["22"]                      # a FID, and no dictionary to name it
+    assert mismatches[3].render() == "TRDPRC_1 posted 1.0, read (absent)"
+    path = tmp_path / "dict"
+    path.write_text(DICTIONARY)
+    assert compare_fields({"22": 22.1, "25": 1.0}, read, load_field_names(str(path))) == \
+        ([Mismatch("25", 1.0, 24.0, True)], [])
 
 
 # ------------------------------------------------------------ field values
