@@ -1419,6 +1419,8 @@ def connect_error(event: Closed, where: str, url: str) -> ContributeError:
     status = getattr(error, "status_code", None)
     if isinstance(error, socket.gaierror) or type(error).__name__ == "WebSocketAddressException":
         return ConnectFailed(f"cannot resolve the host of {where}: {error}", "check --host")
+    if isinstance(error, UnicodeError):                  # Python's IDNA check of the name
+        return ConnectFailed(f"{where}: not a valid host name ({error})", "check --host")
     if isinstance(error, ConnectionRefusedError):
         return ConnectFailed(f"nothing is listening at {where} (connection refused)",
                              "check --host and --port: the ADS WebSocket port is often 15000")
@@ -2030,6 +2032,8 @@ def check_resolve(host: str, port: int) -> tuple[str, list]:
     except socket.gaierror as exc:
         raise ConnectFailed(f"cannot resolve {host}: {exc.strerror or exc}",
                             "check --host: the name is not known to DNS or the hosts file") from None
+    except UnicodeError as exc:                          # Python's IDNA check, before any lookup
+        raise ConnectFailed(f"{host} is not a valid host name ({exc})", "check --host") from None
     infos = list({info[4]: info for info in infos}.values())    # one per address
     return f"{host} -> {', '.join(info[4][0] for info in infos)}", infos
 

@@ -1,12 +1,15 @@
 """Shared test helpers: one timeout constant, a small tr_json2 test client."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import serve
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +85,25 @@ def post(stream=1, ric="UMER.TST", service="NIPROV", fields=None, mtype="Update"
         msg["Message"].update({"Solicited": False, "State": {"Stream": "Open", "Data": "Ok"}})
     msg.update(extra)
     return msg
+
+
+def serve_in_thread(handler, subprotocols=("tr_json2",)):
+    """A deliberately broken WebSocket server on a loopback port; returns (port, stop)."""
+    ready, loop_box = threading.Event(), {}
+
+    async def main():
+        stop = asyncio.Event()
+        loop_box["stop"], loop_box["loop"] = stop, asyncio.get_running_loop()
+        async with serve(handler, "127.0.0.1", 0, subprotocols=list(subprotocols)) as server:
+            loop_box["port"] = server.sockets[0].getsockname()[1]
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(TIMEOUT)
+
+    def stop():
+        loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
+        thread.join(TIMEOUT)
+    return loop_box["port"], stop

@@ -6,7 +6,6 @@ defined below; everything else is the emulator.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -16,10 +15,9 @@ import sys
 import threading
 
 import pytest
-from websockets.asyncio.server import serve
 
 from ads_emulator import Emulator, Faults, World
-from conftest import ROOT, TIMEOUT
+from conftest import ROOT, TIMEOUT, serve_in_thread
 
 CONTRIBUTE = str(ROOT / "contribute.py")
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CONTRIBUTE_")}
@@ -157,28 +155,6 @@ def test_sim_runs_the_readme_command_in_process():
 
 
 # ---------------------------------------------------------------- exit 1
-
-def serve_in_thread(handler, subprotocols=("tr_json2",)):
-    """A deliberately broken WebSocket server on a loopback port; returns (port, stop)."""
-    ready, loop_box = threading.Event(), {}
-
-    async def main():
-        stop = asyncio.Event()
-        loop_box["stop"], loop_box["loop"] = stop, asyncio.get_running_loop()
-        async with serve(handler, "127.0.0.1", 0, subprotocols=list(subprotocols)) as server:
-            loop_box["port"] = server.sockets[0].getsockname()[1]
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(TIMEOUT)
-
-    def stop():
-        loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
-        thread.join(TIMEOUT)
-    return loop_box["port"], stop
-
 
 def test_server_sending_non_json_is_a_protocol_violation_exit_1():
     async def handler(ws):
