@@ -2009,7 +2009,7 @@ class Checklist:
         if step.ms is not None and step.status == "ok":
             line += f"  ({step.ms:.1f} ms)"
         if step.hint:
-            line += f"\n{'':17}hint: {step.hint}"
+            line += f"\n{'':19}hint: {step.hint}"             # under the detail column
         return line
 
     def _add(self, step: Step) -> None:
