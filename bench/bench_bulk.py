@@ -69,7 +69,7 @@ def peak_memory_from_pipe(port: str, rows: int) -> tuple[float, float]:
     while proc.poll() is None:           # VmHWM is the high-water mark: sample it until exit
         try:
             with open(status) as f:
-                peak_kb = max(peak_kb, next(int(l.split()[1]) for l in f if l.startswith("VmHWM")))
+                peak_kb = max(peak_kb, next(int(line.split()[1]) for line in f if line.startswith("VmHWM")))
         except (OSError, StopIteration):
             pass
         time.sleep(0.1)

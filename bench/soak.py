@@ -64,7 +64,7 @@ def main() -> int:
                                                        args.max_ack_delay_ms, counts), daemon=True)
         harness.start()
         lines: list[dict] = []
-        reader = threading.Thread(target=lambda: lines.extend(json.loads(l) for l in proc.stdout),
+        reader = threading.Thread(target=lambda: lines.extend(json.loads(line) for line in proc.stdout),
                                   daemon=True)
         reader.start()
         time.sleep(args.seconds)        # the soak's duration: this is the workload, not a sync

@@ -10,7 +10,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from ads_emulator import Emulator
+from ads_emulator import Emulator, Faults
 from conftest import TIMEOUT
 from contribute import cli
 
@@ -114,5 +114,24 @@ def test_field_is_required():
 def test_help_lists_exit_codes_and_commands():
     result = invoke(["--help"])
     assert result.exit_code == 0
-    for word in ("post", "run", "login", "130", "login denied", "--sim"):
+    for word in ("post", "run", "login", "get", "watch", "check", "130", "login denied", "--sim"):
         assert word in result.output
+
+
+def test_config_keys_reach_get_and_watch(config):
+    with Emulator(faults=Faults(hang_after_login=True)) as emu:
+        path = config(f"host = 127.0.0.1\nport = {emu.port}\nservice = DIRECT_FEED\ntimeout = 0.2\n")
+        result = invoke(["--config", path, "get", "--ric", "UMER.TST"])
+        assert result.exit_code == 6
+        assert "no reply to the request for DIRECT_FEED UMER.TST within 0.2s" in result.output
+        result = invoke(["--config", path, "watch", "--ric", "UMER.TST"])
+        assert result.exit_code == 6 and 'TIMEOUT DIRECT_FEED UMER.TST "no reply within 0.2s"' in result.output
+
+
+def test_bad_dictionary_is_a_usage_error(emu, tmp_path):
+    bad = tmp_path / "dict"
+    bad.write_text("not a dictionary line\n")
+    for path in (str(bad), str(tmp_path / "missing")):
+        result = invoke(["--config", os.devnull, "--host", f"127.0.0.1:{emu.port}", "--dictionary", path,
+                         "get", "--service", "NIPROV", "--ric", "UMER.TST"])
+        assert result.exit_code == 2 and "--dictionary" in result.output and path in result.output
