@@ -17,6 +17,15 @@ sys.path.insert(0, str(ROOT))
 
 from ads_emulator import Emulator  # noqa: E402
 
+# A small RDMFieldDictionary (the format of the ADS's field dictionary file).
+DICTIONARY = """\
+! ACRONYM    DDE ACRONYM          FID  RIPPLES TO  FIELD TYPE     LENGTH  RWF TYPE   RWF LEN
+TRDPRC_1   "LAST"                 6  TRDPRC_2  PRICE           17      REAL64      7
+BID        "BID"                 22  BID_1     PRICE           17      REAL64      7
+ASK        "ASK"                 25  ASK_1     PRICE           17      REAL64      7
+GEN_TEXT16 "GEN TEXT 16"       1000  NULL      ALPHANUMERIC    16      RMTES_STRING 16
+"""
+
 # Every bounded wait in the suite; scale it on a slow machine with TEST_TIMEOUT.
 TIMEOUT = float(os.environ.get("TEST_TIMEOUT", "5"))
 

@@ -12,21 +12,13 @@ import signal
 import socket
 import subprocess
 import threading
+from typing import Callable
 
 import pytest
 
 from ads_emulator import Emulator, Faults, World, parse_nak_rule
-from conftest import TIMEOUT, Client, post as post_msg, serve_in_thread
+from conftest import DICTIONARY, TIMEOUT, Client, post as post_msg, serve_in_thread
 from test_e2e import ENV, args_for, contribute, post, received
-
-DICTIONARY = """\
-! ACRONYM    DDE ACRONYM          FID  RIPPLES TO  FIELD TYPE     LENGTH  RWF TYPE   RWF LEN
-TRDPRC_1   "LAST"                 6  TRDPRC_2  PRICE           17      REAL64      7
-BID        "BID"                 22  BID_1     PRICE           17      REAL64      7
-ASK        "ASK"                 25  ASK_1     PRICE           17      REAL64      7
-GEN_TEXT16 "GEN TEXT 16"       1000  NULL      ALPHANUMERIC    16      RMTES_STRING 16
-"""
-
 
 def get(emu: Emulator, *args: str, ric: str = "UMER.TST", opts=()) -> subprocess.CompletedProcess:
     return contribute(emu.port, *opts, "get", "--service", "NIPROV", "--ric", ric, *args)
@@ -331,6 +323,15 @@ def check(port: int, *args: str, opts=(), host: str = "127.0.0.1") -> subprocess
                           stdin=subprocess.DEVNULL)
 
 
+def check_server(server: tuple[int, Callable[[], None]]) -> subprocess.CompletedProcess:
+    """`check` against a test server given as (port, stop); the server is stopped after."""
+    port, stop = server
+    try:
+        return check(port)
+    finally:
+        stop()
+
+
 def marks(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
     """(mark, step) for each step line of a text checklist."""
     return [tuple(line.split()[:2]) for line in result.stdout.splitlines() if line.startswith("  ")
@@ -460,21 +461,13 @@ def raw_server(reply: bytes | None):
 
 
 def test_check_a_server_that_does_not_speak_http_exit_3():
-    port, stop = raw_server(b"SSH-2.0-OpenSSH_9.6\r\n")
-    try:
-        result = check(port)
-    finally:
-        stop()
+    result = check_server(raw_server(b"SSH-2.0-OpenSSH_9.6\r\n"))
     expect(result, 2, 3)
     assert "does not speak HTTP or WebSocket: it answered b'SSH-2.0-OpenSSH_9.6" in result.stdout
 
 
 def test_check_a_server_that_never_answers_the_upgrade_exit_6():
-    port, stop = raw_server(None)
-    try:
-        result = check(port)
-    finally:
-        stop()
+    result = check_server(raw_server(None))
     expect(result, 2, 6)
     assert "no answer to the WebSocket upgrade within 1s" in result.stdout
 
@@ -484,22 +477,14 @@ async def idle(ws):
 
 
 def test_check_a_refused_subprotocol_exit_3():
-    port, stop = serve_in_thread(idle, subprotocols=("tr_json",))    # speaks only the older tr_json
-    try:
-        result = check(port)
-    finally:
-        stop()
+    result = check_server(serve_in_thread(idle, subprotocols=("tr_json",)))    # speaks only the older tr_json
     expect(result, 2, 3)
     assert "the server refused subprotocol tr_json2: HTTP 400 Bad Request" in result.stdout
     assert "expected one of tr_json" in result.stdout            # the server's own words
 
 
 def test_check_a_websocket_server_without_tr_json2_exit_3():
-    port, stop = serve_in_thread(idle, subprotocols=())               # upgrades, picks no subprotocol
-    try:
-        result = check(port)
-    finally:
-        stop()
+    result = check_server(serve_in_thread(idle, subprotocols=()))               # upgrades, picks no subprotocol
     expect(result, 2, 3)
     assert "accepted the WebSocket upgrade but not subprotocol tr_json2 (it chose none)" in result.stdout
 
@@ -519,11 +504,7 @@ def test_check_a_login_without_an_answer_exit_6():
     async def silent(ws):
         await ws.recv()
         await ws.wait_closed()
-    port, stop = serve_in_thread(silent)
-    try:
-        result = check(port)
-    finally:
-        stop()
+    result = check_server(serve_in_thread(silent))
     expect(result, 3, 6)
     assert "no login response" in result.stdout
 

@@ -6,6 +6,7 @@ import random
 import pytest
 
 import contribute
+from conftest import DICTIONARY
 from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger,
                         LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
                         ProtocolViolation, ServerError, UsageProblem, build_close, build_login,
@@ -127,15 +128,6 @@ def test_classify_item_messages():
 
 
 # ------------------------------------------------------- reading items back
-
-DICTIONARY = """\
-! ACRONYM    DDE ACRONYM          FID  RIPPLES TO  FIELD TYPE     LENGTH  RWF TYPE   RWF LEN
-TRDPRC_1   "LAST"                 6  TRDPRC_2  PRICE           17      REAL64      7
-BID        "BID"                 22  BID_1     PRICE           17      REAL64      7
-ASK        "ASK"                 25  ASK_1     PRICE           17      REAL64      7
-GEN_TEXT16 "GEN TEXT 16"       1000  NULL      ALPHANUMERIC    16      RMTES_STRING 16
-"""
-
 
 def test_field_dictionary_orders_fields_and_names_fids(tmp_path):
     path = tmp_path / "RDMFieldDictionary"
