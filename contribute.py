@@ -158,7 +158,7 @@ def build_login_close(stream: int = LOGIN_STREAM) -> dict:
 
 
 def build_request(stream: int, service: str, ric: str, *, domain: str = "MarketPrice",
-                  streaming: bool = True, view: list[str] | None = None) -> dict:
+                  streaming: bool = True, view: list | None = None) -> dict:
     """An item Request: streaming (a Refresh, then Updates) or a snapshot (one Refresh)."""
     request: dict[str, Any] = {"ID": stream, "Domain": domain, "Key": {"Service": service, "Name": ric}}
     if not streaming:
@@ -278,7 +278,6 @@ class Interrupted(NamedTuple):
 
 
 POST_OUTCOMES = (Acked, AckBatch, Nakked, ServerError)
-ITEM_EVENTS = (ItemRefresh, ItemUpdate, ItemStatus)
 
 Event = (Opened | LoginAccepted | LoginDenied | Acked | AckBatch | Nakked | ServerError
          | ItemRefresh | ItemUpdate | ItemStatus | PingReceived | Other | Closed | Failure | Interrupted)
@@ -432,6 +431,15 @@ def field_name(key: str, names: FieldNames | None) -> str | None:
     if not _FID.fullmatch(key):
         return key
     return names.name_of.get(int(key)) if names else None
+
+
+def view_of(fields: tuple[str, ...], names: FieldNames | None) -> list[str | int] | None:
+    """A Request's View for --field NAME|FID ...: names where the dictionary knows them, FIDs as
+    numbers. An OMM array holds one type, so names and unnamed FIDs cannot be mixed."""
+    view = [field_name(f, names) or int(f) for f in fields]
+    if len({type(v) for v in view}) > 1:
+        raise UsageProblem("--field: give names or FIDs, not both (or --dictionary to name the FIDs)")
+    return view or None
 
 
 def in_fid_order(fields: dict[str, Any], names: FieldNames | None) -> list[tuple[str, Any]]:
@@ -1258,7 +1266,7 @@ class Session:
     # -- item streams (get, watch, post --on-stream, read-backs)
 
     def request(self, service: str, ric: str, domain: str, handler: Callable[[Any], None], *,
-                streaming: bool = True, view: list[str] | None = None) -> int:
+                streaming: bool = True, view: list | None = None) -> int:
         """Open an item stream; its Refresh, Updates and Status go to handler. The stream's ID."""
         stream = next(self._stream_ids)
         if view and self.login and self.login.attributes.get("SupportViewRequests") != 1:
@@ -1279,7 +1287,7 @@ class Session:
             self.conn.send(build_close(stream, domain))
 
     def first_reply(self, service: str, ric: str, domain: str, timeout: float, *, streaming: bool,
-                    view: list[str] | None = None) -> tuple[int, "ItemRefresh | ItemStatus"]:
+                    view: list | None = None) -> tuple[int, "ItemRefresh | ItemStatus"]:
         """Request an item and wait for its Refresh or a Status that closes it (an open Status,
         such as Open/Suspect, is only a notice). Timeout when neither comes in time."""
         replies: list[ItemRefresh | ItemStatus] = []
@@ -1307,7 +1315,7 @@ class Session:
         return stream, reply
 
     def snapshot(self, service: str, ric: str, domain: str, timeout: float,
-                 view: list[str] | None = None) -> "ItemRefresh | ItemStatus":
+                 view: list | None = None) -> "ItemRefresh | ItemStatus":
         """The item's image now: a non-streaming request."""
         stream, reply = self.first_reply(service, ric, domain, timeout, streaming=False, view=view)
         if stream in self.items:                 # the ADS left it open after all: Close it
@@ -1553,9 +1561,10 @@ def run_get(settings: Settings, reporter: Reporter, service: str, ric: str, *, d
             fields: tuple[str, ...] = (), timeout: float = 10.0, names: FieldNames | None = None) -> Exit:
     """A snapshot of one item: its fields, State and last poster. 0 when found, 5 when the ADS
     answered with a closed Status."""
+    view = view_of(fields, names)                 # a usage error before any I/O
     with Session(settings, reporter) as session:
         session.connect()
-        reply = session.snapshot(service, ric, domain, timeout, list(fields) or None)
+        reply = session.snapshot(service, ric, domain, timeout, view)
     head = f"{service} {ric} {item_state_words(reply.state)}"
     data: dict[str, Any] = {"service": service, "ric": ric, "state": state_data(reply.state)}
     if item_refused(reply):
@@ -1594,7 +1603,7 @@ class Watch:
         self.waiting: set[int] = set()           # streams with no Refresh or Status yet
         self.code = Exit.OK
 
-    def start(self, ric: str, view: list[str] | None) -> None:
+    def start(self, ric: str, view: list | None) -> None:
         stream = self.session.request(self.service, ric, self.domain,
                                       lambda event: self.handle(ric, event), view=view)
         self.open[stream] = ric
@@ -1648,11 +1657,12 @@ def run_watch(settings: Settings, reporter: Reporter, service: str, rics: tuple[
     """Streaming requests for the items; every Refresh, Update and Status printed until --count
     Updates, Ctrl-C, or the ADS closing every stream. Lost connections are recovered and the
     streams requested again."""
+    view = view_of(fields, names)                 # a usage error before any I/O
     with Session(settings, reporter, recover=True) as session:
         session.connect()
         watch = Watch(session, reporter, service, domain, count, names)
         for ric in dict.fromkeys(rics):
-            watch.start(ric, list(fields) or None)
+            watch.start(ric, view)
         first_deadline = time.monotonic() + timeout
         while not watch.done and not session.interrupts:
             session.wait(first_deadline if watch.waiting else None)

@@ -12,7 +12,7 @@ from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemU
                         ProtocolViolation, ServerError, UsageProblem, build_close, build_login,
                         build_login_close, build_post, build_request, classify, compare_fields,
                         encode, in_fid_order, item_state_words, load_field_names, parse_field,
-                        read_config, walk)
+                        read_config, view_of, walk)
 
 
 # ------------------------------------------------------ golden wire messages
@@ -140,6 +140,18 @@ def test_field_dictionary_orders_fields_and_names_fids(tmp_path):
     path.write_text("BID no quotes here\n")
     with pytest.raises(UsageProblem, match=":1: not an RDMFieldDictionary line"):
         load_field_names(str(path))
+
+
+def test_view_of_names_and_fids(tmp_path):
+    path = tmp_path / "dict"
+    path.write_text(DICTIONARY)
+    names = load_field_names(str(path))
+    assert view_of((), None) is None
+    assert view_of(("BID", "ASK"), None) == ["BID", "ASK"]
+    assert view_of(("22", "25"), None) == [22, 25]               # FIDs go as numbers
+    assert view_of(("22", "ASK"), names) == ["BID", "ASK"]        # named through the dictionary
+    with pytest.raises(UsageProblem, match="names or FIDs, not both"):
+        view_of(("22", "ASK"), None)
 
 
 def test_compare_fields(tmp_path):
