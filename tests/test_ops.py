@@ -509,6 +509,20 @@ def test_check_a_login_without_an_answer_exit_6():
     assert "no login response" in result.stdout
 
 
+def test_check_a_login_without_post_support_exit_4():
+    async def no_posting(ws):                     # a Login Refresh (protocol.md section 3), SupportOMMPost 0
+        login = json.loads(await ws.recv())
+        await ws.send(json.dumps([{
+            "ID": login["ID"], "Type": "Refresh", "Domain": "Login",
+            "Key": {"Name": login["Key"]["Name"], "Elements": {"SupportOMMPost": 0}},
+            "State": {"Stream": "Open", "Data": "Ok", "Text": "Login accepted by host ads9."},
+            "Elements": {"PingTimeout": 30, "MaxMsgSize": 61430}}]))
+        await ws.wait_closed()
+    result = check_server(serve_in_thread(no_posting))
+    expect(result, 3, 4)
+    assert "the login was accepted, but SupportOMMPost is 0" in result.stdout
+
+
 def test_check_a_nak_on_the_test_post_exit_5():
     world = World.default()
     world.users = {"tester": {"DIRECT_FEED"}}            # may post to DIRECT_FEED only
