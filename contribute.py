@@ -17,8 +17,7 @@ Exit codes:
     2    usage or configuration error
     3    could not connect, or the connection was lost
     4    login denied
-    5    a post was rejected (a Nak, or an Error message about it), an item was
-         not found or closed by the ADS, or a read-back did not match
+    5    rejected: a Nak or Error about a post, an item not found, a read-back mismatch
     6    timed out waiting for the login response, an ack or an item
     130  interrupted before every post was acknowledged
 """
@@ -2437,14 +2436,15 @@ def start_sim(ctx: click.Context, settings: Settings) -> Settings:
     return settings._replace(host=f"127.0.0.1:{emulator.port}", path=ads_emulator.WS_PATH, tls=False)
 
 
-def post_options(command: Callable) -> Callable:
-    """The options post and run share: what to post, where, and how long to wait."""
+def post_options(required: bool = True) -> Callable[[Callable], Callable]:
+    """The options post, run and check share: what to post, where, and how long to wait."""
+    mark = "  [required]" if required else ""
     options = [
-        click.option("--ric", metavar="RIC", help="item name  [required]"),
+        click.option("--ric", metavar="RIC", help=f"item name{mark}"),
         click.option("--service", metavar="NAME", envvar=env("service"),
                      help="ADS service to post to (a cache or contribution service)"),
         click.option("--field", "fields", type=FieldType(), multiple=True,
-                     help="a field: NAME=VALUE (typed), NAME= (blank) or NAME:=JSON; repeatable  [required]"),
+                     help=f"a field: NAME=VALUE (typed), NAME= (blank) or NAME:=JSON; repeatable{mark}"),
         click.option("--domain", default="MarketPrice", envvar=env("domain"), metavar="DOMAIN",
                      help="message domain"),
         click.option("--ack-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
@@ -2456,9 +2456,12 @@ def post_options(command: Callable) -> Callable:
         click.option("--post-user-id", type=int, metavar="N", envvar=env("post_user_id"),
                      help="PostUserInfo UserID  [default: this process id]"),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
 
 
 def make_spec(ric: str | None, service: str | None, fields: tuple, domain: str, ack_timeout: float,
@@ -2499,7 +2502,7 @@ def read_options(command: Callable) -> Callable:
 
 
 @cli.command()
-@post_options
+@post_options()
 @click.option("--refresh", is_flag=True, help="post a Refresh: create the item or replace its field list")
 @click.option("--file", "path", metavar="PATH", help="post every row of a CSV or JSON Lines file ('-': stdin)")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]),
@@ -2535,7 +2538,7 @@ def post(ctx: click.Context, refresh: bool, path: str | None, fmt: str | None, w
 
 
 @cli.command()
-@post_options
+@post_options()
 @click.option("--refresh/--no-refresh", default=True, help="post a Refresh first")
 @click.option("--interval", type=click.FloatRange(0, min_open=True), default=5.0, envvar=env("interval"),
               metavar="SECONDS", help="time between Updates")
@@ -2599,7 +2602,7 @@ def watch(ctx: click.Context, rics: tuple[str, ...], service: str | None, fields
 
 
 @cli.command()
-@post_options
+@post_options(required=False)
 @click.option("--refresh", is_flag=True, help="test with a Refresh (creates the item) instead of an Update")
 @click.pass_context
 def check(ctx: click.Context, refresh: bool, **options: Any) -> None:
