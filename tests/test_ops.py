@@ -20,6 +20,7 @@ from ads_emulator import Emulator, Faults, World, parse_nak_rule
 from conftest import DICTIONARY, TIMEOUT, Client, post as post_msg, serve_in_thread
 from test_e2e import ENV, args_for, contribute, post, received
 
+
 def get(emu: Emulator, *args: str, ric: str = "UMER.TST", opts=()) -> subprocess.CompletedProcess:
     return contribute(emu.port, *opts, "get", "--service", "NIPROV", "--ric", ric, *args)
 
@@ -132,8 +133,10 @@ def start_watch(emu: Emulator, *args: str, opts=()) -> tuple[subprocess.Popen, L
 
 
 def finish(proc: subprocess.Popen) -> str:
+    """Wait for the exit (bounded); its stderr. stdout stays with the Lines reader."""
     try:
-        return proc.communicate(timeout=TIMEOUT * 4)[1]
+        proc.wait(timeout=TIMEOUT * 4)
+        return proc.stderr.read()
     finally:
         proc.kill()
 
