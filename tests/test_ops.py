@@ -116,7 +116,8 @@ class Lines:
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+        self.thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self.thread.start()
 
     def _read(self, stream) -> None:
         for line in stream:
@@ -132,13 +133,17 @@ def start_watch(emu: Emulator, *args: str, opts=()) -> tuple[subprocess.Popen, L
     return proc, Lines(proc)
 
 
-def finish(proc: subprocess.Popen) -> str:
+def finish(proc: subprocess.Popen, lines: Lines) -> str:
     """Wait for the exit (bounded); its stderr. stdout stays with the Lines reader."""
     try:
         proc.wait(timeout=TIMEOUT * 4)
         return proc.stderr.read()
     finally:
         proc.kill()
+        proc.wait(TIMEOUT)
+        lines.thread.join(TIMEOUT)           # at EOF once the process is gone
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def posting_client(emu: Emulator) -> Client:
@@ -156,7 +161,7 @@ def test_watch_prints_the_refresh_then_each_update_until_count(emu):
     poster.roundtrip(post_msg(fields={"ASK": 24.6, "GEN_TEXT16": "x"}, post_id=2))
     assert lines.next() == "UPDATE NIPROV UMER.TST BID=22.2"
     assert lines.next() == 'UPDATE NIPROV UMER.TST ASK=24.6 GEN_TEXT16="x"'
-    err = finish(proc)
+    err = finish(proc, lines)
     poster.close()
     assert proc.returncode == 0, err
     assert emu.wait_for(lambda m: m.get("Type") == "Close" and m.get("Domain") == "Login", TIMEOUT)
@@ -175,7 +180,7 @@ def test_watch_json_lines(emu):
     assert json.loads(lines.next()) == {"type": "update", "service": "NIPROV", "ric": "UMER.TST",
                                         "fields": {"BID": 1.5},
                                         "post_user_info": {"address": "10.0.0.9", "user_id": 5}}
-    finish(proc)
+    finish(proc, lines)
     poster.close()
     assert proc.returncode == 0
     assert requests(emu)[0]["View"] == ["BID"]
@@ -188,7 +193,7 @@ def test_watch_reports_an_item_not_found_and_goes_on_exit_5(emu):
     poster = posting_client(emu)
     poster.roundtrip(post_msg(fields={"BID": 3.0}))
     assert lines.next() == "UPDATE NIPROV UMER.TST BID=3.0"
-    err = finish(proc)
+    err = finish(proc, lines)
     poster.close()
     assert proc.returncode == 5 and "hint: the item is not in that service" in err
 
@@ -196,7 +201,7 @@ def test_watch_reports_an_item_not_found_and_goes_on_exit_5(emu):
 def test_watch_ends_when_every_stream_is_closed(emu):
     proc, lines = start_watch(emu, "--ric", "NOPE.TST")
     assert lines.next().startswith("STATUS NIPROV NOPE.TST Closed/Suspect NotFound")
-    finish(proc)
+    finish(proc, lines)
     assert proc.returncode == 5
 
 
@@ -205,7 +210,7 @@ def test_watch_until_interrupted_exit_0(emu, sig):
     proc, lines = start_watch(emu, "--ric", "UMER.TST")
     assert lines.next().startswith("REFRESH NIPROV UMER.TST")
     proc.send_signal(sig)
-    err = finish(proc)
+    err = finish(proc, lines)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert emu.wait_for(lambda m: m.get("Type") == "Close" and m.get("Domain") == "Login", TIMEOUT)
@@ -215,7 +220,7 @@ def test_watch_no_reply_exit_6():
     with Emulator(faults=Faults(hang_after_login=True)) as emu:
         proc, lines = start_watch(emu, "--ric", "UMER.TST", "--timeout", "0.3")
         assert lines.next() == 'TIMEOUT NIPROV UMER.TST "no reply within 0.3s"'
-        finish(proc)
+        finish(proc, lines)
     assert proc.returncode == 6
 
 
@@ -227,7 +232,7 @@ def test_watch_requests_the_items_again_after_a_reconnect(emu):
     poster = posting_client(emu)
     poster.roundtrip(post_msg(fields={"BID": 4.0}))
     assert lines.next() == "UPDATE NIPROV UMER.TST BID=4.0"
-    err = finish(proc)
+    err = finish(proc, lines)
     poster.close()
     assert proc.returncode == 0, err
     assert len(requests(emu)) == 2 and "reconnected" in err
