@@ -907,7 +907,9 @@ class Emulator:
                  dictionary: Dictionary | None = None, host: str = "127.0.0.1", port: int = 0,
                  ping_interval: float = DEFAULT_PING_INTERVAL,
                  ping_timeout: int = DEFAULT_PING_TIMEOUT,
-                 log_file: Any = None, echo: bool = False, keep_received: bool = True) -> None:
+                 log_file: Any = None, echo: bool = False, keep_received: bool = True,
+                 tls: tuple[str, str] | None = None) -> None:
+        self.tls = tls                           # (certificate file, key file): serve wss://
         self.server = EmulatorServer(world or World.default(), faults or Faults(),
                                      dictionary or Dictionary.builtin(),
                                      ping_interval, ping_timeout, log_file, echo, keep_received)
@@ -947,9 +949,9 @@ class Emulator:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serve_emulator(self.server, self.host, self.port) as ws_server:
+        async with serve_emulator(self.server, self.host, self.port, self.tls) as ws_server:
             self.port = ws_server.sockets[0].getsockname()[1]
-            self.url = f"ws://{self.host}:{self.port}{WS_PATH}"
+            self.url = f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}{WS_PATH}"
             self._ready.set()
             await self._stop.wait()
 
@@ -1006,12 +1008,18 @@ class Emulator:
             return dict(item.fields) if item else None
 
 
-def serve_emulator(server: EmulatorServer, host: str, port: int):
-    """The websockets server for an EmulatorServer (an async context manager)."""
+def serve_emulator(server: EmulatorServer, host: str, port: int, tls: tuple[str, str] | None = None):
+    """The websockets server for an EmulatorServer (an async context manager); wss:// with
+    tls = (certificate file, key file)."""
+    context = None
+    if tls:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
     return serve(server.handler, host, port, subprotocols=list(SUBPROTOCOLS),
                  process_request=server.process_request, max_size=MAX_MSG_SIZE,
                  ping_interval=None, compression=None, close_timeout=2,
-                 server_header="ads-emulator")
+                 server_header="ads-emulator", ssl=context)
 
 
 # --------------------------------------------------------------------- CLI
@@ -1051,6 +1059,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--close-login-after-posts", type=int, default=0, metavar="N",
                    help="close the login stream (Closed/NotEntitled) at the Nth post")
     p.add_argument("--log", metavar="FILE", help="write every frame as JSON Lines")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve wss:// with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every frame on stderr")
     return p
 
@@ -1073,8 +1083,11 @@ def emulator_from_args(args: argparse.Namespace, log_file: Any = None) -> Emulat
                     login_recover=args.login_recover,
                     close_login_after_posts=args.close_login_after_posts)
     dictionary = Dictionary.load(args.dictionary) if args.dictionary else Dictionary.builtin()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
     return Emulator(world, faults, dictionary, args.bind, args.port, args.ping_interval,
-                    args.ping_timeout, log_file, args.verbose, keep_received=False)
+                    args.ping_timeout, log_file, args.verbose, keep_received=False,
+                    tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1428,6 +1428,8 @@ def connect_error(event: Closed, where: str, url: str) -> ContributeError:
         return ConnectFailed(f"cannot resolve the host of {where}: {error}", "check --host")
     if isinstance(error, UnicodeError):                  # Python's IDNA check of the name
         return ConnectFailed(f"{where}: not a valid host name ({error})", "check --host")
+    if is_tls_error(error):
+        return ConnectFailed(f"TLS with {where} failed: {error}", TLS_HINT)
     if isinstance(error, ConnectionRefusedError):
         return ConnectFailed(f"nothing is listening at {where} (connection refused)",
                              "check --host and --port: the ADS WebSocket port is often 15000")
@@ -1439,6 +1441,15 @@ def connect_error(event: Closed, where: str, url: str) -> ContributeError:
         return ConnectFailed(f"the server at {where} did not accept subprotocol {SUBPROTOCOL}: {error}")
     return ConnectFailed(f"could not connect to {where}: {describe_close(event)}",
                          "is this an ADS WebSocket port? (--tls if it needs wss://)")
+
+
+TLS_HINT = "an untrusted certificate? add its CA with SSL_CERT_FILE=ca.pem (or drop --tls for ws://)"
+
+
+def is_tls_error(error: BaseException | None) -> bool:
+    """An ssl.SSLError (its module is imported only by a --tls connection)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(error, ssl.SSLError)
 
 
 def login_error(event: LoginDenied, during_session: bool = False) -> str:
@@ -2049,7 +2060,7 @@ def check_resolve(host: str, port: int) -> tuple[str, list]:
 
 def check_tcp(infos: list, host: str, settings: Settings) -> tuple[str, socket.socket]:
     """A TCP connection to the first address that accepts (and TLS with --tls)."""
-    failures, timeouts = [], 0
+    failures, timeouts, hint = [], 0, "check --host and --port: the ADS WebSocket port is often 15000"
     for family, kind, proto, _, address in infos:
         where = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
         sock = socket.socket(family, kind, proto)
@@ -2067,11 +2078,15 @@ def check_tcp(infos: list, host: str, settings: Settings) -> tuple[str, socket.s
         except ConnectionRefusedError:
             failures.append(f"{where}: connection refused, nothing is listening")
         except OSError as exc:                     # unreachable, TLS failures, ...
-            failures.append(f"{where}: {exc.strerror or exc}")
+            if is_tls_error(exc):
+                failures.append(f"{where}: TLS: {exc}")
+                hint = TLS_HINT
+            else:
+                failures.append(f"{where}: {exc.strerror or exc}")
         sock.close()
     if timeouts == len(failures):
         raise Timeout("; ".join(failures), "a firewall may be dropping the traffic: check --host and --port")
-    raise ConnectFailed("; ".join(failures), "check --host and --port: the ADS WebSocket port is often 15000")
+    raise ConnectFailed("; ".join(failures), hint)
 
 
 def check_upgrade(sock: socket.socket, host: str, port: int, settings: Settings) -> tuple[str, None]:

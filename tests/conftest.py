@@ -26,6 +26,9 @@ ASK        "ASK"                 25  ASK_1     PRICE           17      REAL64   
 GEN_TEXT16 "GEN TEXT 16"       1000  NULL      ALPHANUMERIC    16      RMTES_STRING 16
 """
 
+# A self-signed certificate for 127.0.0.1 (test use only), for the emulator's wss://.
+TLS = (str(ROOT / "tests" / "tls" / "cert.pem"), str(ROOT / "tests" / "tls" / "key.pem"))
+
 # Every bounded wait in the suite; scale it on a slow machine with TEST_TIMEOUT.
 TIMEOUT = float(os.environ.get("TEST_TIMEOUT", "5"))
 

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from ads_emulator import Emulator, Faults, World
-from conftest import ROOT, TIMEOUT, serve_in_thread
+from conftest import ROOT, TIMEOUT, TLS, serve_in_thread
 
 CONTRIBUTE = str(ROOT / "contribute.py")
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CONTRIBUTE_")}
@@ -351,3 +351,25 @@ def test_interrupted_run_with_an_unacked_post_exits_130():
         assert emu.wait_for(lambda m: m.get("Type") == "Close", TIMEOUT)
     assert proc.returncode == 130
     assert "TIMEOUT NIPROV UMER.TST" in out and "(interrupted)" in err
+
+
+# ---------------------------------------------------------------- TLS
+
+def test_post_over_tls():
+    with Emulator(tls=TLS) as emu:
+        result = subprocess.run(args_for(emu.port, "--tls", "post", "--service", "NIPROV", "--ric", "UMER.TST",
+                                         "--field", "BID=7"),
+                                capture_output=True, text=True, timeout=TIMEOUT * 4,
+                                env={**ENV, "SSL_CERT_FILE": TLS[0]})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "ACK NIPROV UMER.TST post 1\n"
+        assert emu.item("NIPROV", "UMER.TST")["BID"] == 7
+
+
+def test_post_over_tls_to_an_untrusted_certificate_exit_3():
+    with Emulator(tls=TLS) as emu:
+        result = contribute(emu.port, "--tls", "post", "--service", "NIPROV", "--ric", "UMER.TST",
+                            "--field", "BID=7")
+    assert result.returncode == 3
+    assert "TLS with 127.0.0.1" in result.stderr and "CERTIFICATE_VERIFY_FAILED" in result.stderr
+    assert "SSL_CERT_FILE" in result.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from websockets.sync.client import connect
 
 from ads_emulator import (Dictionary, Emulator, EmulatorError, Faults, Item, Service, Session,
                           World, parse_nak_rule)
-from conftest import ROOT, TIMEOUT, Client, post
+from conftest import ROOT, TIMEOUT, TLS, Client, post
 
 
 def by_type(messages, mtype):
@@ -572,3 +573,22 @@ def test_standalone_rejects_bad_options():
     proc = subprocess.run([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0",
                            "--nak-ric", "X:Nope:t"], capture_output=True, text=True, timeout=TIMEOUT * 4)
     assert proc.returncode == 2 and "--nak-ric" in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0",
+                           "--tls-cert", TLS[0]], capture_output=True, text=True, timeout=TIMEOUT * 4)
+    assert proc.returncode == 2 and "--tls-cert and --tls-key go together" in proc.stderr
+
+
+def test_standalone_serves_wss():
+    proc = subprocess.Popen([sys.executable, str(ROOT / "ads_emulator.py"), "--port", "0",
+                             "--tls-cert", TLS[0], "--tls-key", TLS[1]], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening on wss://127.0.0.1:")
+        context = ssl.create_default_context(cafile=TLS[0])
+        with connect(line.split()[-1], subprotocols=["tr_json2"], ssl=context, open_timeout=TIMEOUT) as ws:
+            assert ws.subprotocol == "tr_json2"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()

@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 
 from ads_emulator import Emulator, Faults, World, parse_nak_rule
-from conftest import DICTIONARY, TIMEOUT, Client, post as post_msg, serve_in_thread
+from conftest import DICTIONARY, TIMEOUT, TLS, Client, post as post_msg, serve_in_thread
 from test_e2e import ENV, args_for, contribute, post, received
 
 
@@ -324,10 +324,10 @@ def test_verify_and_on_stream_are_for_one_post(emu, tmp_path):
 
 # -------------------------------------------------------------------- check
 
-def check(port: int, *args: str, opts=(), host: str = "127.0.0.1") -> subprocess.CompletedProcess:
+def check(port: int, *args: str, opts=(), host: str = "127.0.0.1", env=None) -> subprocess.CompletedProcess:
     cmd = args_for(port, "--connect-timeout", "1", *opts, "check", *args)
     cmd[cmd.index("--host") + 1] = host
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV,
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=env or ENV,
                           stdin=subprocess.DEVNULL)
 
 
@@ -574,3 +574,19 @@ def test_check_uses_the_configured_service(emu, tmp_path):
     cmd[cmd.index("--config") + 1] = str(config)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_over_tls_with_a_trusted_certificate():
+    with Emulator(tls=TLS) as emu:
+        result = check(emu.port, "--service", "NIPROV", "--ric", "UMER.TST", "--field", "BID=5",
+                       opts=("--tls",), env={**ENV, "SSL_CERT_FILE": TLS[0]})
+    expect(result, 6, 0)
+    assert result.stdout.startswith(f"check wss://127.0.0.1:{emu.port}/WebSocket")
+    assert f"connected to 127.0.0.1:{emu.port}, TLSv1." in result.stdout
+
+
+def test_check_over_tls_with_an_untrusted_certificate_exit_3():
+    with Emulator(tls=TLS) as emu:
+        result = check(emu.port, opts=("--tls",))
+    expect(result, 1, 3)
+    assert "TLS: [SSL: CERTIFICATE_VERIFY_FAILED]" in result.stdout and "SSL_CERT_FILE" in result.stdout
