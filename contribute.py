@@ -635,6 +635,12 @@ class Outcome(NamedTuple):
         """The --json form: every field that is set."""
         return {k: v for k, v in self._asdict().items() if v is not None}
 
+    def hint_key(self) -> str | None:
+        """The HINTS key for this outcome: its NakCode, or UnexpectedFID for that ADS Error."""
+        if self.status == "error" and self.text and "Unexpected FID" in self.text:
+            return "UnexpectedFID"
+        return self.nak_code
+
 
 class Pending(NamedTuple):
     service: str
@@ -865,8 +871,12 @@ class Settings(NamedTuple):
         return hosts
 
     def url_for(self, host: str, port: int) -> str:
-        host = f"[{host}]" if ":" in host else host
-        return f"{'wss' if self.tls else 'ws'}://{host}:{port}{self.path}"
+        return f"{'wss' if self.tls else 'ws'}://{host_port(host, port)}{self.path}"
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class PostSpec(NamedTuple):
@@ -895,10 +905,7 @@ class Reporter:
     def outcome(self, outcome: Outcome) -> None:
         if not (self.quiet and outcome.status == "ack"):
             self.emit(outcome.render(), outcome.data())
-        if outcome.status == "error" and outcome.text and "Unexpected FID" in outcome.text:
-            self.hint("UnexpectedFID")
-        elif outcome.nak_code:
-            self.hint(outcome.nak_code)
+        self.hint(outcome.hint_key())
 
     def result(self, text: str, data: dict, success: bool) -> None:
         if not (self.quiet and success):
@@ -1523,8 +1530,9 @@ def item_refused(reply: "ItemRefresh | ItemStatus") -> bool:
 
 
 def read_back(session: Session, spec: PostSpec,
-              names: FieldNames | None) -> tuple[ItemRefresh, list[Mismatch], list[str]]:
-    """Snapshot the item just posted (waiting up to the ack timeout) and compare the posted fields."""
+              names: FieldNames | None) -> tuple[ItemRefresh, list[Mismatch], dict[str, Any]]:
+    """Snapshot the item just posted (waiting up to the ack timeout) and compare the posted fields:
+    the reply, the mismatches, and the posted fields that could be checked."""
     view = [name for name in (field_name(key, names) for key in spec.fields) if name]
     reply = session.snapshot(spec.service, spec.ric, spec.domain, spec.ack_timeout, view or None)
     if item_refused(reply):
@@ -1534,7 +1542,7 @@ def read_back(session: Session, spec: PostSpec,
     if unverified:
         session.reporter.notice(f"contribute: not verified: FID {', '.join(unverified)} "
                                 "(give --dictionary to name FIDs)")
-    return reply, mismatches, unverified
+    return reply, mismatches, {k: v for k, v in spec.fields.items() if k not in unverified}
 
 
 def mismatch_hint(session: Session, spec: PostSpec, reply: ItemRefresh) -> str:
@@ -1546,9 +1554,8 @@ def mismatch_hint(session: Session, spec: PostSpec, reply: ItemRefresh) -> str:
 
 def verify_post(session: Session, spec: PostSpec, reporter: Reporter, names: FieldNames | None) -> Exit:
     """post --verify: VERIFIED, or a MISMATCH line per field (exit 5)."""
-    reply, mismatches, unverified = read_back(session, spec, names)
+    reply, mismatches, checked = read_back(session, spec, names)
     head = f"{spec.service} {spec.ric}"
-    checked = {k: v for k, v in spec.fields.items() if k not in unverified}
     if not mismatches:
         reporter.result(f"VERIFIED {head} {render_fields(checked.items())}",
                         {"status": "verified", "service": spec.service, "ric": spec.ric, "fields": checked},
@@ -2062,7 +2069,7 @@ def check_tcp(infos: list, host: str, settings: Settings) -> tuple[str, socket.s
     """A TCP connection to the first address that accepts (and TLS with --tls)."""
     failures, timeouts, hint = [], 0, "check --host and --port: the ADS WebSocket port is often 15000"
     for family, kind, proto, _, address in infos:
-        where = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
+        where = host_port(address[0], address[1])
         sock = socket.socket(family, kind, proto)
         sock.settimeout(settings.connect_timeout)
         try:
@@ -2096,8 +2103,7 @@ def check_upgrade(sock: socket.socket, host: str, port: int, settings: Settings)
     import hashlib
 
     key = base64.b64encode(os.urandom(16)).decode()
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    request = (f"GET {settings.path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n"
+    request = (f"GET {settings.path} HTTP/1.1\r\nHost: {host_port(host, port)}\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\nUser-Agent: contribute.py\r\n\r\n")
     not_ads = "this port is not an ADS WebSocket port: check --host, --port and --path"
@@ -2205,15 +2211,13 @@ def check_post(session: Session, spec: PostSpec, refresh: bool, collector: Colle
     if outcome.status == "ack":
         return f"{'Refresh' if refresh else 'Update'} {render_fields(spec.fields.items())}: " \
                f"{outcome.render()}", None
-    hint = HINTS.get("UnexpectedFID" if "Unexpected FID" in (outcome.text or "") else outcome.nak_code or "")
-    raise OUTCOME_ERRORS[outcome.status](outcome.render(), hint)
+    raise OUTCOME_ERRORS[outcome.status](outcome.render(), HINTS.get(outcome.hint_key()))
 
 
 def check_read_back(session: Session, spec: PostSpec, names: FieldNames | None) -> tuple[str, None]:
-    reply, mismatches, unverified = read_back(session, spec, names)
+    reply, mismatches, checked = read_back(session, spec, names)
     if mismatches:
         raise Rejected("; ".join(m.render() for m in mismatches), mismatch_hint(session, spec, reply))
-    checked = {k: v for k, v in spec.fields.items() if k not in unverified}
     return f"{render_fields(checked.items())} as posted ({item_state_words(reply.state)})", None
 
 
@@ -2234,7 +2238,7 @@ def run_check(settings: Settings, reporter: Reporter, spec: PostSpec | None, ref
         if sock is not None:
             sock.close()
     collector = Collector(reporter)
-    one_host = settings._replace(host=f"[{host}]:{port}" if ":" in host else f"{host}:{port}", retries=0)
+    one_host = settings._replace(host=host_port(host, port), retries=0)
     with Session(one_host, collector, ack_timeout=spec.ack_timeout if spec else 10.0) as session:
         checks.step("login", lambda: check_login(session))
         if spec is None:
