@@ -1156,8 +1156,9 @@ class Session:
                 self._open(host, port)
                 messages = self.ledger.resend(time.monotonic() + self.ack_timeout)
                 self.send_posts(messages)         # oldest first, before anything new
-                if self.item_requests:            # item streams open again (watch)
-                    self.conn.send(list(self.item_requests.values()))
+                requests = list(self.item_requests.values())    # item streams open again (watch)
+                for i in range(0, len(requests), self.PER_FRAME):  # frames well under MaxMsgSize
+                    self.conn.send(requests[i:i + self.PER_FRAME])
             except LoginRefused as exc:
                 if exc.state is None or exc.state.stream_state != "ClosedRecover":
                     raise

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from ads_emulator import Emulator, Faults, World, parse_nak_rule
+from ads_emulator import Emulator, Faults, Item, World, parse_nak_rule
 from conftest import DICTIONARY, TIMEOUT, TLS, Client, post as post_msg, serve_in_thread
 from test_e2e import ENV, args_for, contribute, post, received
 
@@ -590,3 +590,24 @@ def test_check_over_tls_with_an_untrusted_certificate_exit_3():
         result = check(emu.port, opts=("--tls",))
     expect(result, 1, 3)
     assert "TLS: [SSL: CERTIFICATE_VERIFY_FAILED]" in result.stdout and "SSL_CERT_FILE" in result.stdout
+
+
+def test_watch_requests_many_items_again_after_a_reconnect():
+    """800 streaming Requests are about 64 KB: sent again in one frame they would pass MaxMsgSize."""
+    world = World.default()
+    rics = [f"R{i:04d}.TST" for i in range(800)]
+    for ric in rics:
+        world.items[("NIPROV", "MarketPrice", ric)] = Item({"BID": 1.0})
+    with Emulator(world) as emu:
+        proc, lines = start_watch(emu, *[a for ric in rics for a in ("--ric", ric)], "--count", "1",
+                                  opts=("--reconnect-min", "0.01"))
+        assert all(lines.next().startswith("REFRESH NIPROV R") for _ in rics)
+        emu.drop_connections()
+        assert all(lines.next().startswith("REFRESH NIPROV R") for _ in rics)   # every stream again
+        poster = posting_client(emu)
+        poster.roundtrip(post_msg(ric="R0799.TST", fields={"BID": 2.0}))
+        assert lines.next() == "UPDATE NIPROV R0799.TST BID=2.0"
+        err = finish(proc, lines)
+        poster.close()
+    assert proc.returncode == 0, err
+    assert "message too big" not in err
