@@ -29,6 +29,16 @@ def requests(emu: Emulator) -> list[dict]:
     return [m for m in received(emu, "Request") if m.get("Domain") != "Login"]
 
 
+async def accept_login(ws, key_elements: dict) -> None:
+    """For a test server: read the Login, answer with a Login Refresh (protocol.md section 3)."""
+    login = json.loads(await ws.recv())
+    await ws.send(json.dumps([{
+        "ID": login["ID"], "Type": "Refresh", "Domain": "Login",
+        "Key": {"Name": login["Key"]["Name"], "Elements": key_elements},
+        "State": {"Stream": "Open", "Data": "Ok", "Text": "Login accepted by host ads9."},
+        "Elements": {"PingTimeout": 30, "MaxMsgSize": 61430}}]))
+
+
 # ---------------------------------------------------------------------- get
 
 def test_get_prints_fields_state_and_last_poster(emu):
@@ -71,6 +81,30 @@ def test_get_names_requested_fields_the_item_lacks(emu):
     assert result.returncode == 0
     assert result.stdout.splitlines()[1:] == ["BID  22.1"]
     assert "not in the item: ASKSIZE" in result.stderr
+
+
+def test_get_filters_fields_itself_when_the_ads_has_no_views():
+    """A login without SupportViewRequests: no View is sent, and the answer is filtered here."""
+    seen = []
+
+    async def ads_without_views(ws):
+        await accept_login(ws, {"SupportOMMPost": 1})
+        request = json.loads(await ws.recv())
+        seen.append(request)
+        await ws.send(json.dumps([{
+            "ID": request["ID"], "Type": "Refresh", "Key": request["Key"],
+            "State": {"Stream": "NonStreaming", "Data": "Ok", "Text": "All is well"},
+            "Fields": {"BID": 1.5, "ASK": 2.5, "TRDPRC_1": 2.0}}]))
+        await ws.wait_closed()
+    port, stop = serve_in_thread(ads_without_views)
+    try:
+        result = contribute(port, "get", "--service", "NIPROV", "--ric", "X.TST", "--field", "ASK",
+                            "--field", "BID")
+    finally:
+        stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == ["BID  1.5", "ASK  2.5"]
+    assert "View" not in seen[0]
 
 
 def test_get_not_found_exit_5_with_the_ads_words(emu):
@@ -518,13 +552,8 @@ def test_check_a_login_without_an_answer_exit_6():
 
 
 def test_check_a_login_without_post_support_exit_4():
-    async def no_posting(ws):                     # a Login Refresh (protocol.md section 3), SupportOMMPost 0
-        login = json.loads(await ws.recv())
-        await ws.send(json.dumps([{
-            "ID": login["ID"], "Type": "Refresh", "Domain": "Login",
-            "Key": {"Name": login["Key"]["Name"], "Elements": {"SupportOMMPost": 0}},
-            "State": {"Stream": "Open", "Data": "Ok", "Text": "Login accepted by host ads9."},
-            "Elements": {"PingTimeout": 30, "MaxMsgSize": 61430}}]))
+    async def no_posting(ws):
+        await accept_login(ws, {"SupportOMMPost": 0})
         await ws.wait_closed()
     result = check_server(serve_in_thread(no_posting))
     expect(result, 3, 4)
