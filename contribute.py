@@ -14,28 +14,32 @@ diagnoses a setup step by step (check).
 Exit codes:
     0    every post acknowledged (login: accepted; get: found; check: passed)
     1    internal error, or a protocol violation by the server
-    2    usage or configuration error
+    2    usage or configuration error, or malformed input rows (post --file)
     3    could not connect, or the connection was lost
     4    login denied
     5    rejected: a Nak or Error about a post, an item not found, a read-back mismatch
-    6    timed out waiting for the login response, an ack or an item
-    130  interrupted before every post was acknowledged
+    6    timed out: no answer to the connection, the login, an ack or a request
+    130  interrupted (Ctrl-C, SIGTERM, stdout closed) before every post was acknowledged
 """
-import itertools
-import json
-import logging
-import os
-import queue
-import re
-import signal
-import socket
-import sys
-import threading
-import time
-from enum import IntEnum
-from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
+try:                                      # a Ctrl-C while Python starts us: nothing was sent yet
+    import itertools
+    import json
+    import logging
+    import os
+    import queue
+    import re
+    import signal
+    import socket
+    import sys
+    import threading
+    import time
+    from collections import deque
+    from enum import IntEnum
+    from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
-import click
+    import click
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 log = logging.getLogger("contribute")
 
@@ -46,7 +50,13 @@ LOGIN_STREAM = 1
 DEFAULT_PORT = 15000
 DEFAULT_APP_ID = "256"
 DEFAULT_PATH = "/WebSocket"
-CLOSE_TIMEOUT = 2.0          # seconds to wait for the server's close frame
+DEFAULT_MAX_MSG_SIZE = 61430     # bytes: the usual MaxMsgSize, when the login does not announce one
+SEND_STALL = 30.0                # seconds the ADS may leave what we send unread, when no PingTimeout says
+PER_FRAME = 100                  # messages packed into one frame, at most
+CLOSE_TIMEOUT = 2.0              # seconds to wait for the server's close frame
+MAX_SECONDS = 86400.0            # the longest wait any option may ask for
+MAX_LINE = 1 << 20               # bytes: a longer input line could never fit in a post
+LATE_MEMORY = 65536              # timed-out PostIDs remembered, to recognise their late Acks
 PONG_TEXT = '{"Type":"Pong"}'
 PING_TEXT = '{"Type":"Ping"}'
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"     # RFC 6455: Sec-WebSocket-Accept
@@ -125,6 +135,12 @@ class LoginRefused(ContributeError):
         super().__init__(message, hint)
         self.state = state                 # the LoginDenied event, when the ADS sent one
 
+    @property
+    def retryable(self) -> bool:
+        """ClosedRecover (DACS down, say): the same login may succeed later. Anything else is a denial
+        that another attempt, or another host, would only repeat."""
+        return self.state is not None and self.state.stream_state == "ClosedRecover"
+
 
 class Timeout(ContributeError):
     exit_code = Exit.TIMEOUT
@@ -138,6 +154,11 @@ class Rejected(ContributeError):
 class ProtocolViolation(ContributeError):
     """The server broke the protocol (we were right, the peer was wrong)."""
     exit_code = Exit.INTERNAL
+
+
+class Stopped(ContributeError):
+    """Interrupted (Ctrl-C, SIGTERM, stdout closed) while connecting or logging in."""
+    exit_code = Exit.INTERRUPTED
 
 
 # ================================================================ protocol
@@ -167,27 +188,45 @@ def build_request(stream: int, service: str, ric: str, *, domain: str = "MarketP
     return request
 
 
-def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any], *,
-               refresh: bool = False, domain: str = "MarketPrice",
-               post_user_info: dict | None = None, stream: int = LOGIN_STREAM) -> dict:
-    """A Post asking for an Ack: off-stream (on the login stream, with the item's Key) by default,
-    on-stream (on an open item stream, which names the item) when stream is that stream's ID."""
+def build_payload(refresh: bool, domain: str, fields: dict[str, Any]) -> dict:
+    """What a Post carries: an Update, or a Refresh (creates the item or replaces its field list)."""
     message: dict[str, Any] = {"ID": 0, "Type": "Refresh" if refresh else "Update", "Domain": domain}
     if refresh:
         message["Solicited"] = False
         message["State"] = {"Stream": "Open", "Data": "Ok"}
     message["Fields"] = fields
+    return message
+
+
+def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any], *,
+               refresh: bool = False, domain: str = "MarketPrice",
+               post_user_info: dict | None = None, stream: int = LOGIN_STREAM) -> dict:
+    """A Post asking for an Ack: off-stream (on the login stream, with the item's Key) by default,
+    on-stream (on an open item stream, which names the item) when stream is that stream's ID."""
     post: dict[str, Any] = {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id}
     if stream == LOGIN_STREAM:
         post["Key"] = {"Service": service, "Name": ric}
     if post_user_info:
         post["PostUserInfo"] = post_user_info
-    post["Message"] = message
+    post["Message"] = build_payload(refresh, domain, fields)
     return post
 
 
+_WIRE = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_OUTPUT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(msg: dict | list) -> str:
-    return json.dumps(msg, separators=(",", ":"))
+    """Compact JSON for the wire. ValueError for a value that is not a finite number: NaN and
+    Infinity are not JSON, and the ADS would reject the whole frame."""
+    return _WIRE.encode(msg)
+
+
+def positive_int(value: Any) -> int | None:
+    """A count the ADS announced (PingTimeout, MaxMsgSize): a positive int, also when sent as digits."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    return value if type(value) is int and value > 0 else None
 
 
 # Events: everything the reader thread hands to the main thread. Immutable
@@ -200,13 +239,28 @@ class Opened(NamedTuple):
 class LoginAccepted(NamedTuple):
     text: str
     attributes: dict[str, Any]     # Key.Elements and the top-level Elements together
+    data: str = "Ok"               # the State's Data: Ok, or Suspect (accepted all the same)
+    stated: bool = True            # False: the Refresh carried no State at all
 
     @property
     def ping_timeout(self) -> int | None:
-        return self.attributes.get("PingTimeout")
+        return positive_int(self.attributes.get("PingTimeout"))
+
+    @property
+    def max_msg_size(self) -> int:
+        return positive_int(self.attributes.get("MaxMsgSize")) or DEFAULT_MAX_MSG_SIZE
+
+
+class LoginNotice(NamedTuple):
+    """A Status on the login stream that leaves it open (Open/Suspect): news, not an end."""
+    stream_state: str
+    data_state: str
+    code: str
+    text: str
 
 
 class LoginDenied(NamedTuple):
+    """The login stream closed: a refused login, or a session ended by the ADS."""
     stream_state: str
     data_state: str
     code: str
@@ -225,7 +279,7 @@ class Nakked(NamedTuple):
 
 
 class AckBatch(NamedTuple):
-    """Positive Acks with no Text, as one event per frame: the bulk fast path."""
+    """Positive Acks with no Text, as one event per run of them in a frame: the bulk fast path."""
     ack_ids: list
 
 
@@ -269,20 +323,44 @@ class Closed(NamedTuple):
 
 
 class Failure(NamedTuple):
-    error: BaseException            # raised inside a callback: handled by the main thread
+    error: BaseException            # raised on the reader thread: handled by the main thread
 
 
 class Interrupted(NamedTuple):
-    pass
+    reason: str = "interrupted"     # the signal, or "stdout closed"
 
 
 POST_OUTCOMES = (Acked, AckBatch, Nakked, ServerError)
 
-Event = (Opened | LoginAccepted | LoginDenied | Acked | AckBatch | Nakked | ServerError
+Event = (Opened | LoginAccepted | LoginNotice | LoginDenied | Acked | AckBatch | Nakked | ServerError
          | ItemRefresh | ItemUpdate | ItemStatus | PingReceived | Other | Closed | Failure | Interrupted)
 
 # Stream states after which no more messages come on the stream.
 CLOSED_STREAM_STATES = {"NonStreaming", "ClosedRecover", "Closed", "Redirected"}
+
+
+def decode(data: str | bytes) -> list[Event]:
+    """One inbound frame as events, in order: the one parsing boundary. A run of plain positive
+    Acks (no NakCode, no Text) becomes one AckBatch; an empty frame (an obsolete keepalive) none."""
+    if not data:
+        return []
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolViolation(f"the server sent a frame that is not JSON ({exc})") from None
+    events: list[Event] = []
+    acks: list = []
+    for msg in parsed if isinstance(parsed, list) else (parsed,):
+        if type(msg) is dict and msg.get("Type") == "Ack" and "NakCode" not in msg and "Text" not in msg:
+            acks.append(msg.get("AckID"))
+            continue
+        if acks:
+            events.append(AckBatch(acks))
+            acks = []
+        events.append(classify(msg))
+    if acks:
+        events.append(AckBatch(acks))
+    return events
 
 
 def classify(msg: Any) -> Event:
@@ -293,21 +371,24 @@ def classify(msg: Any) -> Event:
     if mtype == "Ping":
         return PingReceived()
     if msg.get("Domain") == "Login" and mtype in ("Refresh", "Status"):
-        state = msg.get("State") or {}
-        if state.get("Stream") == "Open" and state.get("Data", "Ok") == "Ok":
-            if mtype == "Refresh":
-                attributes = dict((msg.get("Key") or {}).get("Elements") or {})
-                attributes.update(msg.get("Elements") or {})
-                return LoginAccepted(state.get("Text", ""), attributes)
-            return Other(msg)
-        return LoginDenied(state.get("Stream", ""), state.get("Data", ""),
-                           state.get("Code", "None"), state.get("Text", ""))
+        state = msg.get("State")
+        stated = isinstance(state, dict)
+        state = state if stated else {}          # none: a Refresh opens, a Status changes nothing
+        stream, data = state.get("Stream", "Open"), state.get("Data", "Ok")
+        code, text = str(state.get("Code", "None")), str(state.get("Text", ""))
+        if stream != "Open":
+            return LoginDenied(str(stream), str(data), code, text)
+        if mtype == "Status":
+            return LoginNotice(stream, str(data), code, text)
+        attributes = dict((msg.get("Key") or {}).get("Elements") or {})
+        attributes.update(msg.get("Elements") or {})
+        return LoginAccepted(text, attributes, str(data), stated)
     if mtype == "Ack":
         if msg.get("NakCode") not in (None, "None", 0):
-            return Nakked(msg.get("AckID"), str(msg["NakCode"]), msg.get("Text", ""))
-        return Acked(msg.get("AckID"), msg.get("Text", ""))
+            return Nakked(msg.get("AckID"), str(msg["NakCode"]), str(msg.get("Text", "")))
+        return Acked(msg.get("AckID"), str(msg.get("Text", "")))
     if mtype == "Error":
-        return ServerError(msg.get("ID"), msg.get("Text", ""), offending_post_id(msg))
+        return ServerError(msg.get("ID"), str(msg.get("Text", "")), offending_post_id(msg))
     if msg.get("Domain") != "Login":
         if mtype == "Refresh":
             return ItemRefresh(msg.get("ID"), msg.get("State") or {}, msg.get("Fields") or {},
@@ -319,11 +400,18 @@ def classify(msg: Any) -> Event:
     return Other(msg)
 
 
+def word(text: Any) -> str:
+    """A name for an output line (a RIC, service, code): as it is when it is one printable word,
+    else JSON-quoted, so that nothing from the input or the server can forge or break a line."""
+    text = str(text)
+    return text if text.isprintable() and text.split() == [text] and '"' not in text else json.dumps(text)
+
+
 def state_words(stream: str, data: str, code: Any = None, text: str = "") -> str:
     """A State in the ADS's own words: `Stream/Data Code "Text"` (no Code when it is None)."""
-    words = f"{stream}/{data}"
+    words = f"{word(stream)}/{word(data)}"
     if code not in (None, "None", 0):
-        words += f" {code}"
+        words += f" {word(code)}"
     return f"{words} {json.dumps(text)}" if text else words
 
 
@@ -342,26 +430,47 @@ def offending_post_id(error: dict) -> int | None:
     """The PostID of the message an Error is about, from its Debug.Message, if it was a Post."""
     try:
         offending = json.loads((error.get("Debug") or {}).get("Message", ""))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
     if isinstance(offending, dict) and offending.get("Type") == "Post":
         post_id = offending.get("PostID")
-        return post_id if isinstance(post_id, int) else None
+        return post_id if type(post_id) is int else None
     return None
 
 
 # ============================================================ field values
 
-_DECIMAL = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
+_DECIMAL = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", re.ASCII)
 _NAME = re.compile(r"-?[A-Za-z0-9_]+")
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON: post the string \"{name[:3] if name != '-Infinity' else '-Inf'}\"")
+
+
+_JSON_VALUES = json.JSONDecoder(parse_constant=_no_constant)   # NaN, Infinity: refused
+
+
+def finite(value: Any) -> bool:
+    """False for a float that is NaN or infinite (it could not be sent: not JSON)."""
+    return value.__class__ is not float or value - value == 0
+
+
 def typed_value(raw: str) -> Any:
-    """A text value typed as --field and CSV cells type it: int, decimal, blank (''), else string."""
+    """A text value typed as --field and CSV cells type it: int, decimal, blank (''), else string
+    (only ASCII digits make a number). ValueError for a number that could not be sent."""
     if raw == "":
         return None
     if _DECIMAL.fullmatch(raw):               # one match for both: this runs per CSV cell
-        return float(raw) if "." in raw or "e" in raw or "E" in raw else int(raw)
+        if "." in raw or "e" in raw or "E" in raw:
+            number = float(raw)
+            if number - number != 0:
+                raise ValueError(f"{raw} is beyond the range of a number")
+            return number
+        number = int(raw)
+        if not -1 << 63 <= number < 1 << 64:
+            raise ValueError(f"{raw} is beyond the range of a 64-bit integer")
+        return number
     return raw
 
 
@@ -370,12 +479,17 @@ def parse_field(text: str) -> tuple[str, Any]:
     if ":=" in text and ("=" not in text or text.index(":=") < text.index("=")):
         name, raw = text.split(":=", 1)
         try:
-            value = json.loads(raw)
-        except ValueError:
-            raise ValueError(f"{text!r}: the value after ':=' is not JSON") from None
+            value = _JSON_VALUES.decode(raw)
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: the value after ':=' is not JSON ({exc})") from None
+        if not finite(value):
+            raise ValueError(f"{text!r}: {raw} is beyond the range of a number")
     elif "=" in text:
         name, raw = text.split("=", 1)
-        value = typed_value(raw)
+        try:
+            value = typed_value(raw)
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
     else:
         raise ValueError(f"{text!r}: expected NAME=VALUE or NAME:=JSON")
     if not _NAME.fullmatch(name):
@@ -384,22 +498,24 @@ def parse_field(text: str) -> tuple[str, Any]:
 
 
 def walk(fields: dict[str, Any], rng: Any) -> dict[str, Any]:
-    """Numeric fields moved by a small random step (about 0.1 %); others unchanged."""
+    """Numeric fields moved by a random step of about 0.1 % (integers by whole units), never
+    across zero; other fields unchanged."""
     out = {}
     for name, value in fields.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value:
             out[name] = value
         elif isinstance(value, int):
-            out[name] = max(0, value + rng.choice((-1, 0, 1)))
+            step = max(1, abs(value) // 1000)
+            moved = value + rng.randint(-step, step)
+            out[name] = moved if moved * value > 0 else value
         else:
-            step = max(abs(value) * 0.001, 0.01)
-            out[name] = round(value + rng.uniform(-step, step), 4)
+            out[name] = float(f"{value + rng.uniform(-1, 1) * abs(value) * 0.001:.6g}")
     return out
 
 
 # Reading items back (get, watch, post --verify, check).
 
-_FID = re.compile(r"-?\d+")
+_FID = re.compile(r"-?\d+", re.ASCII)
 
 
 class FieldNames(NamedTuple):
@@ -455,7 +571,7 @@ def render_value(value: Any) -> str:
 
 
 def render_fields(pairs: Iterable[tuple[str, Any]]) -> str:
-    return " ".join(f"{name}={render_value(value)}" for name, value in pairs)
+    return " ".join(f"{word(name)}={render_value(value)}" for name, value in pairs)
 
 
 class Mismatch(NamedTuple):
@@ -467,7 +583,7 @@ class Mismatch(NamedTuple):
 
     def render(self) -> str:
         read = render_value(self.read) if self.present else "(absent)"
-        return f"{self.field} posted {render_value(self.posted)}, read {read}"
+        return f"{word(self.field)} posted {render_value(self.posted)}, read {read}"
 
 
 def same_value(posted: Any, read: Any) -> bool:
@@ -498,7 +614,7 @@ def compare_fields(posted: dict[str, Any], read: dict[str, Any],
 def describe_poster(info: dict | None) -> str:
     if not info:
         return "unknown"
-    return f"{info.get('Address')}, UserID {info.get('UserID')}"
+    return f"{word(info.get('Address'))}, UserID {word(info.get('UserID'))}"
 
 
 # ============================================================= bulk input
@@ -522,6 +638,47 @@ class EndOfInput(NamedTuple):
     error: str | None                  # why reading stopped early, if it did
 
 
+class Lines:
+    """The physical lines of an input as text, numbered from 1 (`number`, the line last read).
+
+    A line that is not UTF-8, is longer than MAX_LINE, or is cut off at the end of a pipe (no
+    newline: its producer may have died mid-line) is not passed on: an empty line stands in for
+    it and its problem waits in `problems`, so one bad line never stops the reading. A BOM (Excel's
+    "CSV UTF-8") is dropped. Memory stays bounded whatever the input: an endless line is skipped.
+    """
+
+    def __init__(self, binary: IO[bytes], pipe: bool) -> None:
+        self.binary, self.pipe = binary, pipe
+        self.number = 0
+        self.problems: deque[tuple[int, str]] = deque()
+
+    def __iter__(self) -> Iterator[str]:
+        readline = self.binary.readline
+        while raw := readline(MAX_LINE):
+            self.number += 1
+            if self.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if raw[-1:] != b"\n" and len(raw) >= MAX_LINE:
+                problem = self._skip_rest()
+            elif raw[-1:] != b"\n" and self.pipe:
+                problem = "incomplete last line (no newline at the end of the input): not posted"
+            else:
+                try:
+                    text = raw.decode()
+                except UnicodeDecodeError as exc:
+                    problem = f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line"
+                else:
+                    yield text
+                    continue
+            self.problems.append((self.number, problem))
+            yield "\n"
+
+    def _skip_rest(self) -> str:
+        while (chunk := self.binary.readline(MAX_LINE)) and chunk[-1:] != b"\n":
+            pass
+        return f"longer than {MAX_LINE} bytes: not posted (a post must fit the ADS's MaxMsgSize)"
+
+
 def parse_type(value: Any) -> bool | None:
     """A row's TYPE/type: Refresh -> True, Update -> False, empty -> None."""
     if value in (None, ""):
@@ -531,7 +688,7 @@ def parse_type(value: Any) -> bool | None:
     raise ValueError(f"type {value!r} is not Refresh or Update")
 
 
-def csv_rows(lines: Iterator[str], header_out: list[str] | None = None) -> Iterator[Row | BadRow]:
+def csv_rows(lines: Lines, header_out: list[str] | None = None) -> Iterator[Row | BadRow]:
     """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field.
 
     The header as read is also added to header_out (for --failed-out).
@@ -539,13 +696,25 @@ def csv_rows(lines: Iterator[str], header_out: list[str] | None = None) -> Itera
     import csv
 
     reader = csv.reader(lines)
-    raw_header = next(reader, [])
+    problems = lines.problems
+    try:
+        raw_header = next(reader, [])
+    except csv.Error as exc:
+        yield BadRow(reader.line_num, f"CSV header: {exc}")
+        return
+    if problems:
+        yield BadRow(*problems.popleft())
+        return
     if header_out is not None:
         header_out.extend(raw_header)
     header = [h.strip() for h in raw_header]
     upper = [h.upper() for h in header]
     if "RIC" not in upper:
         yield BadRow(1, "the CSV header has no RIC column")
+        return
+    twice = next((header[i] for i, name in enumerate(upper) if name in upper[:i]), None)
+    if twice is not None:
+        yield BadRow(1, f"the CSV header has column {twice!r} twice")
         return
     special = {name: upper.index(name) for name in ("RIC", "SERVICE", "TYPE") if name in upper}
     columns = [(i, name) for i, name in enumerate(header) if i not in special.values()]
@@ -554,7 +723,16 @@ def csv_rows(lines: Iterator[str], header_out: list[str] | None = None) -> Itera
             yield BadRow(1, f"header column {i + 1} {name!r} is not a field name or FID")
             return
     ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            yield BadRow(reader.line_num, f"CSV: {exc}")
+            continue
+        while problems:
+            yield BadRow(*problems.popleft())
         line = reader.line_num
         if not cells:
             continue
@@ -567,22 +745,33 @@ def csv_rows(lines: Iterator[str], header_out: list[str] | None = None) -> Itera
             continue
         try:
             refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
+            fields = {name: typed_value(cells[i]) for i, name in columns}
         except ValueError as exc:
             yield BadRow(line, str(exc))
             continue
         service = cells[service_at].strip() or None if service_at is not None else None
-        yield Row(line, ric, service, refresh, {name: typed_value(cells[i]) for i, name in columns}, cells)
+        yield Row(line, ric, service, refresh, fields, cells)
+    while problems:
+        yield BadRow(*problems.popleft())
 
 
-def jsonl_rows(lines: Iterator[str]) -> Iterator[Row | BadRow]:
+def jsonl_rows(lines: Lines) -> Iterator[Row | BadRow]:
     """Rows of JSON Lines: {"ric": ..., "service": ..., "type": "Refresh"|"Update", "fields": {...}}."""
-    for line, text in enumerate(lines, 1):
+    problems, decode_row = lines.problems, _JSON_VALUES.decode
+    for text in lines:
+        line = lines.number
+        if problems:
+            yield BadRow(*problems.popleft())
+            continue
         if not text.strip():
             continue
         try:
-            obj = json.loads(text)
+            obj = decode_row(text)
         except ValueError as exc:
             yield BadRow(line, f"not JSON: {exc}")
+            continue
+        except RecursionError:
+            yield BadRow(line, "not JSON: nested too deeply")
             continue
         if not isinstance(obj, dict):
             yield BadRow(line, "not a JSON object")
@@ -591,6 +780,10 @@ def jsonl_rows(lines: Iterator[str]) -> Iterator[Row | BadRow]:
         problem = ("no ric" if not isinstance(ric, str) or not ric else
                    "service is not a string" if service is not None and not isinstance(service, str) else
                    "fields is not an object" if not isinstance(fields, dict) else None)
+        if problem is None:
+            bad = next((name for name, value in fields.items() if not finite(value)), None)
+            if bad is not None:
+                problem = f"{bad}: {fields[bad]} is beyond the range of a number"
         if problem is None:
             try:
                 refresh = parse_type(obj.get("type"))
@@ -612,21 +805,23 @@ def input_format(path: str, fmt: str | None) -> str:
 # ========================================================= ack bookkeeping
 
 class Outcome(NamedTuple):
-    """How one post ended: status is ack, nak, error, timeout or lost."""
+    """How one post (or input row) ended: status is ack, nak, error, timeout, lost or unsent."""
     status: str
     service: str
     ric: str
-    post_id: int
+    post_id: int | None                # None: a row that was never posted
     nak_code: str | None = None
     text: str | None = None
     line: int | None = None            # the input line, for posts read from a file
 
     def render(self) -> str:
-        words = [self.status.upper(), self.service, self.ric, f"post {self.post_id}"]
+        words = [self.status.upper(), word(self.service), word(self.ric)]
+        if self.post_id is not None:
+            words.append(f"post {self.post_id}")
         if self.line is not None:
             words.append(f"line {self.line}")
         if self.nak_code:
-            words.append(self.nak_code)
+            words.append(word(self.nak_code))
         if self.text:
             words.append(json.dumps(self.text))
         return " ".join(words)
@@ -645,42 +840,73 @@ class Outcome(NamedTuple):
 class Pending(NamedTuple):
     service: str
     ric: str
-    deadline: float
-    message: dict | None = None        # the Post as sent, kept to send again after a reconnect
+    deadline: float                    # set once, when the post is made: resends keep it
+    message: dict                      # the Post, as sent (again after a reconnect)
+    line: int | None = None
 
 
 class Ledger:
-    """Posts awaiting an Ack, by PostID. Owned by the main thread only, so it needs no lock."""
+    """Posts awaiting an Ack, by PostID. Owned by the main thread only, so it needs no lock.
+
+    A post is pending from the moment it is made until its Ack, Nak or Error, or its deadline;
+    `unsent` holds the pending posts no connection has taken yet (all of them again after a
+    reconnect). Every post's deadline is fixed when it is made, so a post that keeps failing is
+    resent only within its ack timeout, never forever.
+    """
 
     def __init__(self) -> None:
         self.pending: dict[int, Pending] = {}
+        self.unsent: dict[int, None] = {}       # pending posts to send, oldest first
         self.counts: dict[str, int] = {}        # outcomes by status
         self.resent = 0
+        self.late = 0                           # Acks that came after their post's TIMEOUT
+        self._expired: dict[int, None] = {}     # recently timed-out PostIDs (LATE_MEMORY at most)
         self._ids = itertools.count(1)
 
-    def add(self, service: str, ric: str, deadline: float, message: dict | None = None) -> int:
-        """A new pending post; its PostID is also written into message."""
-        post_id = next(self._ids)
-        if message is not None:
-            message["PostID"] = post_id
-        self.pending[post_id] = Pending(service, ric, deadline, message)
-        return post_id
+    def new_id(self) -> int:
+        return next(self._ids)
 
-    def resend(self, deadline: float) -> list[dict]:
-        """Every pending post's message, oldest first, each with a fresh ack deadline."""
-        for post_id, post in self.pending.items():
-            self.pending[post_id] = post._replace(deadline=deadline)
-        self.resent += len(self.pending)
-        return [post.message for post in self.pending.values() if post.message is not None]
+    def add(self, post_id: int, service: str, ric: str, deadline: float, message: dict,
+            line: int | None = None) -> None:
+        self.pending[post_id] = Pending(service, ric, deadline, message, line)
+        self.unsent[post_id] = None
+
+    def take_unsent(self) -> list[dict]:
+        """The messages of the posts not yet sent, oldest first; from now on they count as sent."""
+        pending = self.pending
+        messages = [pending[post_id].message for post_id in self.unsent]
+        self.unsent.clear()
+        return messages
+
+    def new_connection(self) -> None:
+        """A new connection: every pending post is to be sent on it, oldest first."""
+        self.resent += len(self.pending) - len(self.unsent)
+        self.unsent = dict.fromkeys(self.pending)
 
     def resolve(self, post_id: Any, status: str, nak_code: str | None = None,
                 text: str | None = None) -> Outcome | None:
         """The outcome for post_id, or None when it is not pending (unknown or already ended)."""
-        post = self.pending.pop(post_id, None) if isinstance(post_id, int) else None
+        post = self.pending.pop(post_id, None) if type(post_id) is int else None
         if post is None:
             return None
+        self.unsent.pop(post_id, None)
+        if status == "timeout":
+            self._expired[post_id] = None
+            if len(self._expired) > LATE_MEMORY:
+                del self._expired[next(iter(self._expired))]
+        self.tally(status)
+        return Outcome(status, post.service, post.ric, post_id, nak_code, text, post.line)
+
+    def tally(self, status: str) -> None:
+        """Count an outcome (also one for a row that never became a post)."""
         self.counts[status] = self.counts.get(status, 0) + 1
-        return Outcome(status, post.service, post.ric, post_id, nak_code, text)
+
+    def late_ack(self, post_id: Any) -> bool:
+        """True, once, for the Ack of a post that has already timed out."""
+        if type(post_id) is int and self._expired.pop(post_id, 0) is None:
+            self.late += 1
+            return True
+        return False
 
     # Every post of a session has the same ack timeout, so deadlines rise in
     # insertion order and the oldest pending post is always the next to expire.
@@ -689,151 +915,280 @@ class Ledger:
         late = list(itertools.takewhile(lambda pid: self.pending[pid].deadline <= now, self.pending))
         return [self.resolve(pid, "timeout", text="no ack within the ack timeout") for pid in late]
 
-    def fail_all(self, status: str, text: str) -> list[Outcome]:
-        return [self.resolve(pid, status, text=text) for pid in list(self.pending)]
+    def fail_unsent(self, text: str) -> list[Outcome]:
+        """End the posts no connection took: they never reached the ADS."""
+        return [self.resolve(pid, "unsent", text=text) for pid in list(self.unsent)]
+
+    def fail_all(self, text: str) -> list[Outcome]:
+        """End every pending post: unsent ones as such, the others lost (they may have been applied)."""
+        return self.fail_unsent("never sent: " + text) + \
+            [self.resolve(pid, "lost", text=text) for pid in list(self.pending)]
 
     def next_deadline(self) -> float | None:
         return next(iter(self.pending.values())).deadline if self.pending else None
 
-    def exit_code(self, interrupted: bool = False) -> Exit:
-        """0 only when every post was acknowledged; 130 for an interrupted session that was not."""
-        if interrupted and set(self.counts) - {"ack"}:
+    def exit_code(self, *, interrupted: bool = False, complete: bool = True, bad_input: bool = False) -> Exit:
+        """The one exit rule for posting commands.
+
+        130 when interrupted before the work was done (a post not acknowledged, or, complete
+        False, input left unread); else 5 for a Nak or an Error, 6 for a timeout, 3 for a post
+        lost or never sent; else 2 for malformed input (bad_input, which also explains rows left
+        unsent by --strict); else 0.
+        """
+        counts = self.counts
+        if interrupted and (not complete or any(status != "ack" for status in counts)):
             return Exit.INTERRUPTED
-        if self.counts.get("nak") or self.counts.get("error"):
+        if counts.get("nak") or counts.get("error"):
             return Exit.REJECTED
-        if self.counts.get("timeout"):
+        if counts.get("timeout"):
             return Exit.TIMEOUT
-        if self.counts.get("lost"):
+        if counts.get("lost") or (counts.get("unsent") and not bad_input):
             return Exit.CONNECT
-        return Exit.OK
+        return Exit.USAGE if bad_input else Exit.OK
 
     def summary(self) -> str:
         total = sum(self.counts.values())
         parts = [f"{self.counts.get(s, 0)} {label}" for s, label in
                  (("ack", "acknowledged"), ("nak", "nakked"), ("error", "errored"),
-                  ("timeout", "timed out"), ("lost", "not acknowledged"))]
-        return f"{total} posts: " + ", ".join(parts) + f" ({self.resent} resent)"
+                  ("timeout", "timed out"), ("lost", "not acknowledged"), ("unsent", "not sent"))]
+        late = f", {self.late} acknowledged late" if self.late else ""
+        return f"{total} posts: " + ", ".join(parts) + f" ({self.resent} resent{late})"
+
+
+# ================================================================ framing
+
+class Frame(NamedTuple):
+    messages: list[dict]
+    text: str | None                   # None: this one message cannot be sent (problem says why)
+    problem: str = ""
+
+
+def pack(messages: list[dict], max_bytes: int) -> Iterator[Frame]:
+    """The messages in frames of at most PER_FRAME messages and max_bytes bytes, in order: the
+    one framing rule for every send. A lone message goes as an object, several as an array. A
+    message that fits no frame (too large, or a value that is not a finite number) comes as a
+    Frame without text, so that its sender can report it."""
+    for i in range(0, len(messages), PER_FRAME):
+        yield from _fit(messages[i:i + PER_FRAME], max_bytes)
+
+
+def _fit(messages: list[dict], max_bytes: int) -> Iterator[Frame]:
+    try:
+        text = encode(messages[0] if len(messages) == 1 else messages)
+    except ValueError:
+        if len(messages) == 1:
+            yield Frame(messages, None, "a value is not a finite number (NaN or Infinity is not JSON)")
+            return
+    else:                                  # ASCII (json escapes the rest): the length is in bytes
+        if len(text) <= max_bytes:
+            yield Frame(messages, text)
+            return
+        if len(messages) == 1:
+            yield Frame(messages, None, f"larger than the ADS's MaxMsgSize ({max_bytes} bytes)")
+            return
+    half = len(messages) // 2
+    yield from _fit(messages[:half], max_bytes)
+    yield from _fit(messages[half:], max_bytes)
 
 
 # ============================================================= connection
 
-class Connection:
-    """A WebSocketApp on a background thread, feeding events to the session's queue.
+_CLOSE = "close"         # writer: send the close frame, then stop
+_STOP = "stop"           # writer: stop
 
-    The reader thread answers Ping with Pong at once and turns every other
-    message into an event, queued as (this connection, event).
-    Callbacks never raise: an exception becomes a Failure event, and the end
-    of the socket always becomes a Closed event.
+
+class Connection:
+    """One WebSocket connection to an ADS: a reader thread and a writer thread around
+    websocket-client's WebSocket, so that the main thread never blocks on the network.
+
+    The reader connects (within the timeout, following no redirect), then turns every frame
+    into events on the session's queue, tagged with this connection; it answers a Ping by
+    queueing a Pong at once; the end of the socket always becomes a Closed event. The writer
+    sends the frames send() queued, in order; `sending_since` says how long it has been held
+    up by a peer that does not read, which the session treats as a dead connection.
     """
 
-    def __init__(self, url: str, events: "queue.SimpleQueue[tuple[Connection | None, Event]]") -> None:
-        self.url = url
-        self.events = events             # the session's queue; each event says which connection
-        self.last_rx = time.monotonic()  # when anything last arrived (liveness)
-        self._app: Any = None
-        self._sock: Any = None           # the websocket.WebSocket, kept to close its fd
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self.closed = False              # set by the websocket thread when the socket is gone
+    def __init__(self, url: str, events: "queue.SimpleQueue[tuple[Connection | None, Event]]",
+                 timeout: float) -> None:
+        self.url, self.events, self.timeout = url, events, timeout
+        self.outbound: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.last_rx = time.monotonic()          # when anything last arrived (liveness)
+        self.sending_since: float | None = None  # when the frame being written was started
+        self.closed = False                      # set by the reader when the socket is gone
+        self._ws: Any = None
+        self._reader: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._closing = False
 
     def open(self) -> None:
         """Start connecting; Opened or Closed arrives as an event."""
-        import websocket                  # costly: imported only when a command connects
+        import websocket                      # costly: imported only when a command connects
 
-        self._app = websocket.WebSocketApp(
-            self.url, subprotocols=[SUBPROTOCOL], header={"User-Agent": "contribute.py"},
-            on_open=self._on_open, on_message=self._on_message,
-            on_error=self._on_error, on_close=self._on_close)
-        self._thread = threading.Thread(target=self._run, name="websocket", daemon=True)
-        self._thread.start()
+        self._ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
+        self._reader = threading.Thread(target=self._read, name="websocket-reader", daemon=True)
+        self._reader.start()
 
-    def _run(self) -> None:
+    # The reader and writer threads: never raise, never wait on the main thread.
+
+    def _read(self) -> None:
+        ws, code, reason, error = self._ws, None, "", None
         try:
-            self._app.run_forever(skip_utf8_validation=True)
-        except BaseException as exc:      # run_forever itself failed: still end with Closed
-            self._error = exc
-        if not self.closed:               # run_forever ended without calling on_close
+            try:
+                ws.connect(self.url, timeout=self.timeout, subprotocols=[SUBPROTOCOL],
+                           header=["User-Agent: contribute.py"], redirect_limit=0)
+            except Exception as exc:
+                raise redirect_of(ws) or exc from None
+            if self._closing:                    # given up on while connecting
+                return
+            ws.settimeout(None)
+            self.last_rx = time.monotonic()
+            self._writer = threading.Thread(target=self._write, name="websocket-writer", daemon=True)
+            self._writer.start()
+            self.events.put((self, Opened()))
+            while True:
+                opcode, frame = ws.recv_data_frame(True)
+                self.last_rx = time.monotonic()
+                if opcode == 0x8:                # a close frame (websocket-client answered it)
+                    code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+                    reason = frame.data[2:].decode("utf-8", "replace")
+                    break
+                if opcode in (0x1, 0x2):
+                    self._on_frame(frame.data)
+        except Exception as exc:                 # websocket-client's errors, OSError, TLS
+            error = exc
+        finally:
             self.closed = True
-            self.events.put((self, Closed(None, "", self._error)))
+            self.outbound.put(_STOP)
+            self._abort()
+            if ws is not None:
+                ws.shutdown()                    # the socket's file descriptor is released here
+            self.events.put((self, Closed(code, reason, error)))
 
-    # Callbacks run on the websocket thread: never block, never raise.
-
-    def _on_open(self, app: Any) -> None:
-        self._sock = app.sock
-        self.last_rx = time.monotonic()
-        self.events.put((self, Opened()))
-
-    def _on_message(self, app: Any, data: bytes | str) -> None:
-        self.last_rx = time.monotonic()
+    def _on_frame(self, data: bytes) -> None:
         try:
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("< %s", data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
-            if not data:
-                return                    # an empty frame: an obsolete keepalive, ignored
-            try:
-                parsed = json.loads(data)
-            except ValueError as exc:
-                raise ProtocolViolation(f"the server sent a frame that is not JSON ({exc})") from None
-            acks: list = []                 # plain positive Acks travel as one event
-            for msg in parsed if isinstance(parsed, list) else [parsed]:
-                if type(msg) is dict and msg.get("Type") == "Ack" and "NakCode" not in msg \
-                        and "Text" not in msg:
-                    acks.append(msg.get("AckID"))
-                    continue
-                if acks:
-                    self.events.put((self, AckBatch(acks)))
-                    acks = []
-                event = classify(msg)
-                if isinstance(event, PingReceived):
-                    self.send_text(PONG_TEXT)
+                log.debug("< %s", data.decode("utf-8", "replace"))
+            for event in decode(data):
+                if event.__class__ is PingReceived:
+                    self.send(PONG_TEXT)
                 else:
                     self.events.put((self, event))
-            if acks:
-                self.events.put((self, AckBatch(acks)))
         except Exception as exc:
             self.events.put((self, Failure(exc)))
 
-    def _on_error(self, app: Any, error: BaseException) -> None:
-        self._error = self._error or error
+    def _write(self) -> None:
+        ws = self._ws
+        try:
+            while True:
+                text = self.outbound.get()
+                if text is _STOP:
+                    return
+                self.sending_since = time.monotonic()
+                if text is _CLOSE:
+                    ws.send_close()
+                    return
+                ws.send(text)                    # blocks while the peer does not read
+                self.sending_since = None
+        except Exception as exc:                 # the socket failed: the reader reports it
+            log.debug("send failed: %s", exc)
+            self._abort()
+        finally:
+            self.sending_since = None
 
-    def _on_close(self, app: Any, code: int | None, reason: str | None) -> None:
-        self.closed = True
-        self.events.put((self, Closed(code, reason or "", self._error)))
+    # Main thread (send() also from the reader, for Pongs).
 
-    # Main thread.
-
-    def send(self, msg: dict | list) -> None:
-        self.send_text(encode(msg))
-
-    def send_text(self, text: str) -> None:
-        """The one way out: every frame is logged with '>' at debug level."""
+    def send(self, text: str) -> None:
+        """Queue a frame for the writer: never blocks. Every frame is logged with '>' at debug level."""
         if log.isEnabledFor(logging.DEBUG):
             log.debug("> %s", text)
-        try:
-            self._app.send(text)
-        except Exception as exc:          # websocket-client's closed-socket errors, OSError
-            raise ConnectionLost(f"connection lost while sending: {exc or type(exc).__name__}") from None
+        self.outbound.put(text)
 
     def local_address(self) -> str:
-        return self._sock.sock.getsockname()[0]
+        return self._ws.sock.getsockname()[0]
 
-    def close(self) -> None:
-        """Close frame, wait for the server's close (bounded), join the thread."""
-        sock = self._sock
-        if self._app is None or sock is None:    # never opened: the thread ends on its own
-            return
-        if sock.connected and not self.closed:
+    def close(self, goodbye: Iterable[str] = ()) -> None:
+        """Send the goodbye frames and a close frame, wait (bounded) for the server's close, then
+        shut the socket down, which ends both threads. Given up while connecting, the attempt is
+        cut short (or ends by itself within the connect timeout)."""
+        self._closing = True
+        if self._writer is not None and not self.closed:
+            for text in goodbye:
+                self.send(text)
+            self.outbound.put(_CLOSE)
+            self._reader.join(CLOSE_TIMEOUT)
+        self._abort()
+
+    def _abort(self) -> None:
+        """Shut the socket down: a blocked read or write returns at once."""
+        sock = getattr(self._ws, "sock", None)
+        if sock is not None:
             try:
-                sock.send_close()
-            except Exception as exc:       # the socket died under us: nothing to wait for
-                log.debug("close frame not sent: %s", exc)
-        self._app.keep_running = False
-        if self._thread:
-            self._thread.join(CLOSE_TIMEOUT)
-        sock.shutdown()
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
+
+
+class Redirected(Exception):
+    """The server answered the WebSocket upgrade with an HTTP redirect (not followed)."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(f"HTTP {status} to {location or '(no Location)'}")
+        self.status, self.location = status, location
+
+
+def redirect_of(ws: Any) -> Redirected | None:
+    """The redirect websocket-client refused to follow, if that is why the upgrade failed."""
+    response = getattr(ws, "handshake_response", None)
+    if response is not None and 300 <= response.status < 400:
+        return Redirected(response.status, (response.headers or {}).get("location"))
+    return None
 
 
 # =========================================================== orchestration
+
+_HOSTNAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
+
+
+def parse_host(entry: str) -> tuple[str, int | None]:
+    """One --host entry: NAME, IPV4, [IPV6] or a bare IPv6 address, each with an optional :PORT
+    (not for a bare IPv6). ValueError naming the entry otherwise."""
+    bad = f"{entry!r} is not HOST or HOST:PORT"
+    if "/" in entry or "@" in entry:
+        raise ValueError(bad + " (give the host alone: the tool adds ws:// and --path)")
+    if entry.startswith("["):
+        host, sep, rest = entry[1:].partition("]")
+        if not sep or not is_ipv6(host) or (rest and not rest.startswith(":")):
+            raise ValueError(bad)
+        port = rest[1:] if rest else None
+    elif entry.count(":") > 1:
+        if not is_ipv6(entry):
+            raise ValueError(bad + " (an IPv6 address with a port goes in brackets: [::1]:15000)")
+        host, port = entry, None
+    else:
+        host, sep, port = entry.partition(":")
+        if not _HOSTNAME.fullmatch(host) or (sep and not port):
+            raise ValueError(bad)
+        port = port or None
+    if port is None:
+        return host, None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{entry!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+def is_ipv6(text: str) -> bool:
+    import ipaddress                      # only for IPv6 entries: kept off the start-up path
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 class Settings(NamedTuple):
     """Connection and identity settings, built once from flags, environment and config."""
@@ -851,32 +1206,17 @@ class Settings(NamedTuple):
 
     def hosts(self) -> list[tuple[str, int]]:
         """--host as a list: `ads1:15000,ads2,[::1]:15001`; an entry without a port uses --port."""
-        if not self.host:
+        if not self.host or not self.host.strip(", "):
             raise UsageProblem("no ADS host: give --host, CONTRIBUTE_HOST or 'host' in the config file "
                                "(or --sim for the built-in emulator)")
-        hosts = []
-        for entry in filter(None, (e.strip() for e in self.host.split(","))):
-            if entry.startswith("["):                     # [IPv6]:port
-                host, _, rest = entry[1:].partition("]")
-                port = rest[1:] if rest.startswith(":") else ""
-            elif entry.count(":") == 1:
-                host, port = entry.split(":")
-            else:                                         # a name, or a bare IPv6 address
-                host, port = entry, ""
-            if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-                raise UsageProblem(f"--host: {entry!r} is not HOST or HOST:PORT")
-            hosts.append((host, int(port) if port else self.port))
-        if not hosts:
-            raise UsageProblem("--host is empty")
-        return hosts
+        try:
+            entries = [parse_host(e.strip()) for e in self.host.split(",") if e.strip()]
+        except ValueError as exc:
+            raise UsageProblem(f"--host: {exc}") from None
+        return [(host, port or self.port) for host, port in entries]
 
     def url_for(self, host: str, port: int) -> str:
         return f"{'wss' if self.tls else 'ws'}://{host_port(host, port)}{self.path}"
-
-
-def host_port(host: str, port: int) -> str:
-    """HOST:PORT, with an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class PostSpec(NamedTuple):
@@ -892,15 +1232,34 @@ class PostSpec(NamedTuple):
 
 
 class Reporter:
-    """Outcomes on stdout (text lines or JSON lines), hints and notices on stderr."""
+    """Outcomes on stdout (text lines or JSON lines), hints and notices on stderr.
+
+    A stdout whose reader went away (EPIPE) is muted and `on_broken` is called once: the session
+    then stops as on Ctrl-C. A broken stderr is ignored: it only ever carries diagnostics.
+    """
 
     def __init__(self, out: IO[str], err: IO[str], as_json: bool = False, quiet: bool = False) -> None:
         self.out, self.err, self.as_json, self.quiet = out, err, as_json, quiet
+        self.broken = False
+        self.on_broken: Callable[[], None] | None = None
+        self._hinted: set[str] = set()
 
     def emit(self, text: str, data: dict) -> None:
         """One result on stdout: `data` as a JSON line with --json, else `text`."""
-        self.out.write((encode(data) if self.as_json else text) + "\n")
-        self.out.flush()
+        self.line(_OUTPUT.encode(data) if self.as_json else text)
+
+    def line(self, text: str) -> None:
+        """A line on stdout: the one place that writes there."""
+        if self.broken:
+            return
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except (OSError, ValueError):         # EPIPE, EIO, a closed file
+            self.broken = True
+            mute(self.out)
+            if self.on_broken is not None:
+                self.on_broken()
 
     def outcome(self, outcome: Outcome) -> None:
         if not (self.quiet and outcome.status == "ack"):
@@ -912,12 +1271,21 @@ class Reporter:
             self.emit(text, data)
 
     def hint(self, key: Any, hints: dict[str, str] = HINTS) -> None:
-        if key in hints and not self.quiet:
-            self.err.write(f"hint: {hints[key]}\n")
+        """A hint for the common cases, once per run for each case."""
+        if key in hints and not self.quiet and key not in self._hinted:
+            self._hinted.add(key)
+            self.say(f"hint: {hints[key]}")
 
     def notice(self, text: str) -> None:
         if not self.quiet:
+            self.say(text)
+
+    def say(self, text: str) -> None:
+        try:
             self.err.write(f"{text}\n")
+            self.err.flush()
+        except (OSError, ValueError):
+            pass
 
     def event(self, kind: str, message: str, **data: Any) -> None:
         """A session event (reconnect, login retry): a JSON line with --json, else a stderr line."""
@@ -927,44 +1295,72 @@ class Reporter:
             self.notice(f"contribute: {message}")
 
 
-class Session:
-    """One contributing session: connection, login, ledger. Used by the main thread only.
+def mute(stream: IO[str]) -> None:
+    """Point a broken stream's file descriptor at /dev/null, so that nothing fails on it again
+    (Python's own flush at exit included)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
 
-    With recover=True (long-running commands) a lost connection is not the
-    end: recover() backs off, reconnects through the host list, logs in again
-    and resends every post still pending, keeping its PostID.
+
+class Session:
+    """One session with the ADS, used by the main thread only: the link (hosts, login,
+    liveness, reconnects), the posts in flight (ledger, framing, resends) and the item streams.
+
+    Nothing it does blocks without a deadline, and every wait wakes on Ctrl-C and SIGTERM. With
+    recover=True (long-running commands) a lost connection is not the end: the session backs off
+    (growing until a connection proves itself with an Ack or an item message), reconnects through
+    the host list, logs in again and sends again every pending post, keeping its PostID and its
+    ack deadline, and every streaming request. Meanwhile posts wait in the ledger and time out
+    at their deadline like any other, so an ADS gone for good ends every post as TIMEOUT.
     """
 
-    def __init__(self, settings: Settings, reporter: Reporter, *, recover: bool = False,
-                 resend: bool = True, window: int | None = None, ack_timeout: float = 10.0) -> None:
+    BURST = 256                                  # events handled per wait, when they are queued
+
+    def __init__(self, settings: Settings, reporter: Reporter, *, spec: PostSpec | None = None,
+                 recover: bool = False, resend: bool = True, window: int | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.settings = settings
-        self.ack_timeout = ack_timeout           # for posts sent again after a reconnect
         self.hosts = settings.hosts()            # validated now: a usage error before any I/O
         self.reporter = reporter
+        self.spec = spec
+        self.ack_timeout = spec.ack_timeout if spec else 10.0
         self.recover_enabled = recover
         self.resend_enabled = resend
         self.window = window
+        self.outcome = on_outcome or reporter.outcome
         # SimpleQueue: its put() is reentrant, so the signal handler may use it too.
         self.events: queue.SimpleQueue[tuple[Connection | None, Event]] = queue.SimpleQueue()
         self.conn: Connection | None = None
+        self.login: LoginAccepted | None = None  # set while logged in on self.conn
         self.where = ""                          # host:port of the current connection
         self.ledger = Ledger()
-        self.login: LoginAccepted | None = None
         self.interrupts = 0
-        self._pinged_at = 0.0
-        self._post_user_info: dict | None = None
-        self._rng: Any = None
-        self._saved_handlers: dict[int, Any] = {}
-        self.on_other: Callable[[Any], None] | None = None   # events that are not the protocol's
+        self.connections = 0                     # logins accepted, reconnects included
+        self.reconnect_at: float | None = None   # when disconnected and recovering: the next attempt
+        self.user_info: dict | None = None       # PostUserInfo, worked out at the first login
         self.login_request: dict | None = None   # the Login as last sent (who we are)
+        self.on_other: Callable[[Any], None] | None = None    # events that are not the protocol's
+        self.on_reconnect: Callable[[], None] | None = None   # logged in again, before the resend
+        self.on_late: Callable[[int], None] | None = None     # an Ack after the post's TIMEOUT
         # Item streams: each open stream's handler, and the Requests to send again after a
         # reconnect (streaming ones only). Stream IDs follow the login's.
         self.items: dict[int, Callable[[Any], None]] = {}
         self.item_requests: dict[int, dict] = {}
         self._stream_ids = itertools.count(LOGIN_STREAM + 1)
+        self._host = 0                           # index of the host to try next when reconnecting
+        self._delays: Iterator[float] | None = None   # the backoff since the last proven connection
+        self._attempt = 0
+        self._pinged_at = 0.0
+        self._rng: Any = None
+        self._saved_handlers: dict[int, Any] = {}
 
     def __enter__(self) -> "Session":
         self._catch_signals()
+        self.reporter.on_broken = lambda: self.events.put((None, Interrupted("stdout closed")))
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -972,21 +1368,29 @@ class Session:
         try:
             self._disconnect(logout=True)
         finally:
-            for outcome in self.ledger.fail_all("lost", "not acknowledged before the session ended"):
-                self.reporter.outcome(outcome)
+            self._fail_all("not acknowledged before the session ended")
+            self.reporter.on_broken = None
             self._restore_signals()
+
+    @property
+    def stopping(self) -> bool:
+        """Interrupted (Ctrl-C, SIGTERM, stdout closed): no new posts."""
+        return self.interrupts > 0
+
+    @property
+    def connected(self) -> bool:
+        return self.login is not None
 
     def _disconnect(self, logout: bool) -> None:
         conn, self.conn = self.conn, None        # from now on its events are stale
-        if conn is None:
-            return
-        if logout and self.login is not None and not conn.closed:
-            try:
-                conn.send(build_login_close())
-            except ContributeError as exc:
-                log.debug("login Close not sent: %s", exc)
-        self.login = None
-        conn.close()
+        login, self.login = self.login, None
+        if conn is not None:
+            goodbye = [encode(build_login_close())] if logout and login is not None else []
+            conn.close(goodbye)
+
+    def _fail_all(self, text: str) -> None:
+        for outcome in self.ledger.fail_all(text):
+            self.outcome(outcome)
 
     # Signals: SIGINT and SIGTERM become an Interrupted event on the queue the
     # main thread waits on, so it wakes at once, whatever it was waiting for.
@@ -995,7 +1399,7 @@ class Session:
             return
 
         def handler(signum: int, frame: Any) -> None:
-            self.events.put((None, Interrupted()))
+            self.events.put((None, Interrupted(signal.Signals(signum).name)))
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._saved_handlers[sig] = signal.signal(sig, handler)
 
@@ -1004,14 +1408,14 @@ class Session:
             signal.signal(sig, old)
 
     def next_event(self, deadline: float | None) -> Event | None:
-        """The next event of the current connection (or a signal), None at the deadline.
+        """The next event of the current connection (or a signal, or input), None at the deadline.
 
         An Ack, Nak or Error names its post, so it counts whichever connection
         brought it; an earlier connection's other events (its close, say) are
         dropped.
         """
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            timeout = None if deadline is None else min(max(0.0, deadline - time.monotonic()), MAX_SECONDS)
             try:
                 source, event = self.events.get(timeout=timeout)
             except queue.Empty:
@@ -1019,35 +1423,44 @@ class Session:
             if source is None or source is self.conn or isinstance(event, POST_OUTCOMES):
                 return event                     # else: an earlier connection's state, now stale
 
-    # -- connect and log in
+    def take_queued(self) -> None:
+        """Handle every event already queued (input rows, say), without waiting."""
+        while (event := self.next_event(0)) is not None:
+            self.dispatch(event)
+
+    # -- the link: connect, log in, reconnect
 
     def connect(self) -> LoginAccepted:
         """Log in through the first host that accepts; --retries more rounds of the list.
 
-        With one host and no retries the error is that host's own; otherwise
-        it names every host and why it failed.
+        With one host and no retries the error is that host's own; otherwise it names every
+        host and why it failed (a Timeout when every host timed out).
         """
-        failures = []
+        failures, timeouts = [], 0
         rounds = self.settings.retries + 1
         delays = self.backoff()
         for round_number in range(rounds):
-            for host, port in self.hosts:
+            for index, (host, port) in enumerate(self.hosts):
                 try:
-                    return self._open(host, port)
+                    login = self._open(host, port)
+                    self._host = index
+                    return login
                 except LoginRefused as exc:
-                    if exc.state is None or exc.state.stream_state != "ClosedRecover":
+                    if not exc.retryable:
                         raise                    # a real denial: another host will say the same
                     error: ContributeError = exc
                 except (ConnectFailed, Timeout) as exc:
                     error = exc
                 if len(self.hosts) == 1 and rounds == 1:
                     raise error
-                failures.append(f"{host}:{port} ({error})")
-                log.info("%s:%s failed: %s", host, port, error)
-            if round_number + 1 < rounds and not self.pause(next(delays)):
-                raise KeyboardInterrupt
-        raise ConnectFailed("could not log in to any ADS: " + "; ".join(failures),
-                            "check --host, --port and that the ADS is up")
+                failures.append(f"{host_port(host, port)} ({error})")
+                timeouts += isinstance(error, Timeout)
+                log.info("%s failed: %s", host_port(host, port), error)
+            if round_number + 1 < rounds:
+                self.pause(next(delays))
+        failed = Timeout if timeouts == len(failures) else ConnectFailed
+        raise failed("could not log in to any ADS: " + "; ".join(failures),
+                     "check --host, --port and that the ADS is up")
 
     def _open(self, host: str, port: int) -> LoginAccepted:
         """Connect to one host and log in, within --connect-timeout.
@@ -1056,44 +1469,41 @@ class Session:
         delivers is mistaken for news of the next attempt.
         """
         self._disconnect(logout=False)
-        self.where = f"{host}:{port}"
-        self.conn = Connection(self.settings.url_for(host, port), self.events)
+        self.where = host_port(host, port)
+        self.conn = Connection(self.settings.url_for(host, port), self.events, self.settings.connect_timeout)
         try:
-            return self._login(self.conn)
+            login = self._login(self.conn)
         except BaseException:
             self._disconnect(logout=False)
             raise
+        self._established(login)
+        return login
 
     def _login(self, conn: Connection) -> LoginAccepted:
         s = self.settings
         deadline = time.monotonic() + s.connect_timeout
         log.info("connecting to %s", conn.url)
         conn.open()
-        event = self.next_event(deadline)
+        event = self._next_or_stop(deadline)
         if event is None:
-            raise ConnectFailed(f"could not connect to {self.where} within {s.connect_timeout:g}s",
-                                "check --host and --port, and that no firewall drops the traffic")
-        if isinstance(event, Interrupted):
-            raise KeyboardInterrupt
+            raise Timeout(f"no answer from {self.where} within {s.connect_timeout:g}s (connecting and "
+                          "upgrading to WebSocket)", "check --host and --port, and that no firewall "
+                          "drops the traffic")
         if isinstance(event, Closed):
-            raise connect_error(event, self.where, conn.url)
+            raise connect_error(event, self.where, conn.url, s.connect_timeout)
         if not isinstance(event, Opened):
             raise ProtocolViolation(f"unexpected event before the connection opened: {event}")
         position = s.position or f"{conn.local_address()}/{socket.gethostname()}"
         user = s.user or default_user()
         login = self.login_request = build_login(user, s.app_id, position)
         log.info("logging in as %s (ApplicationId %s, Position %s)", user, s.app_id, position)
-        conn.send(login)
+        conn.send(encode(login))
         delays = self.backoff()
         while True:
-            event = self.next_event(deadline)
+            event = self._next_or_stop(deadline)
             if event is None:
                 raise Timeout(f"no login response from {self.where} within {s.connect_timeout:g}s")
             if isinstance(event, LoginAccepted):
-                self.login = event
-                self._pinged_at = 0.0
-                if event.attributes.get("SupportOMMPost", 1) != 1:
-                    log.warning("the ADS does not announce SupportOMMPost: posts may be refused")
                 return event
             if isinstance(event, LoginDenied):
                 delay = next(delays)
@@ -1102,13 +1512,57 @@ class Session:
                 self.reporter.event("login_retry", f"login: {describe_state(event)}; "
                                     f"logging in again in {delay:.1f}s", where=self.where,
                                     code=event.code, text=event.text, delay=round(delay, 3))
-                if not self.pause(delay):
-                    raise KeyboardInterrupt
-                conn.send(login)
-            elif isinstance(event, Interrupted):
-                raise KeyboardInterrupt
+                self.pause(delay)
+                conn.send(encode(login))
             else:
                 self.dispatch(event)
+
+    def _next_or_stop(self, deadline: float) -> Event | None:
+        """The next event before the deadline, posts expiring meanwhile; Stopped on an interrupt."""
+        while True:
+            due = self.ledger.next_deadline()
+            event = self.next_event(deadline if due is None else min(deadline, due))
+            self._expire()
+            if isinstance(event, Interrupted):
+                self.dispatch(event)
+                raise Stopped(f"interrupted ({event.reason})")
+            if event is not None or time.monotonic() >= deadline:
+                return event
+
+    def pause(self, seconds: float) -> None:
+        """Wait while still handling events; Stopped when interrupted."""
+        until = time.monotonic() + seconds
+        while (event := self._next_or_stop(until)) is not None:
+            self.dispatch(event)
+
+    def _established(self, login: LoginAccepted) -> None:
+        """Logged in: note what the ADS announced, then send everything pending and every
+        streaming request on this connection."""
+        self.login = login
+        self.connections += 1
+        self._pinged_at = 0.0
+        attributes = login.attributes
+        if attributes.get("SupportOMMPost", 1) != 1:
+            log.warning("the ADS does not announce SupportOMMPost: posts may be refused")
+        for key in ("PingTimeout", "MaxMsgSize"):
+            if key in attributes and positive_int(attributes[key]) is None:
+                log.warning("the login's %s %r is not a positive number: ignored", key, attributes[key])
+        if not login.stated:
+            log.warning("the login Refresh carries no State: taken as accepted")
+        elif login.data != "Ok":
+            self.reporter.notice(f"contribute: login accepted with Data {word(login.data)}: "
+                                 f"{json.dumps(login.text)}")
+        if self.spec is not None and self.user_info is None:
+            self.user_info = self._post_user_info(self.spec)
+        self.ledger.new_connection()
+        if self.connections > 1 and self.on_reconnect is not None:
+            self.on_reconnect()
+        self.flush()
+        refused = self._send_all(list(self.item_requests.values()))
+        for request in refused:
+            log.error("the request for %s is larger than the ADS's MaxMsgSize: not sent again",
+                      request["Key"].get("Name"))
+            self.close_item(request["ID"], request.get("Domain", "MarketPrice"), send=False)
 
     def backoff(self) -> Iterator[float]:
         """Exponential backoff with jitter: from --reconnect-min (at most 0.5 s) doubling to the cap."""
@@ -1120,127 +1574,78 @@ class Session:
             yield delay / 2 + self._rng.uniform(0, delay / 2)
             delay = min(self.settings.reconnect_max, delay * 2)
 
-    def pause(self, seconds: float) -> bool:
-        """Wait while still handling events; False when interrupted."""
-        until = time.monotonic() + seconds
-        while True:
-            event = self.next_event(until)
-            if event is None:
-                return True
-            if isinstance(event, Interrupted):
-                self.interrupts += 1
-                return False
-            self.dispatch(event)
-
-    def recover(self, reason: str) -> None:
-        """Back off, reconnect (cycling through the hosts), log in and resend what is pending."""
-        start = next((i for i, h in enumerate(self.hosts) if f"{h[0]}:{h[1]}" == self.where), -1)
+    def _lost(self, reason: str) -> None:
+        """The connection is gone: reconnect later (recover=True), else raise ConnectionLost."""
         self.reporter.event("disconnected", f"{reason} ({self.where})",
                             where=self.where, reason=reason, pending=len(self.ledger.pending))
         self._disconnect(logout=False)
-        if not self.resend_enabled:
-            for outcome in self.ledger.fail_all("lost", reason):
-                self.reporter.outcome(outcome)
-        delays = self.backoff()
-        for attempt in itertools.count(1):
-            host, port = self.hosts[(start + attempt) % len(self.hosts)]
-            delay = next(delays)
-            self.reporter.event("reconnecting", f"reconnecting to {host}:{port} in {delay:.2f}s "
-                                f"(attempt {attempt})", where=f"{host}:{port}", delay=round(delay, 3),
-                                attempt=attempt)
-            if not self.pause(delay):
-                for outcome in self.ledger.fail_all("lost", f"interrupted while reconnecting: {reason}"):
-                    self.reporter.outcome(outcome)
-                return
-            try:
-                self._open(host, port)
-                messages = self.ledger.resend(time.monotonic() + self.ack_timeout)
-                self.send_posts(messages)         # oldest first, before anything new
-                requests = list(self.item_requests.values())    # item streams open again (watch)
-                for i in range(0, len(requests), self.PER_FRAME):  # frames well under MaxMsgSize
-                    self.conn.send(requests[i:i + self.PER_FRAME])
-            except LoginRefused as exc:
-                if exc.state is None or exc.state.stream_state != "ClosedRecover":
-                    raise
-                log.info("%s:%s: %s", host, port, exc)
-            except (ConnectFailed, Timeout) as exc:  # ConnectionLost too: lost again while resending
-                log.info("%s:%s: %s", host, port, exc)
-                self._disconnect(logout=False)       # its late events must not reach the next pause
-            else:
-                self.reporter.event("reconnected", f"reconnected to {self.where}; resent "
-                                    f"{len(messages)} posts", where=self.where, resent=len(messages))
-                return
+        if self.stopping:
+            self._fail_all(f"{reason}, while stopping")
+            return
+        if not self.recover_enabled:
+            raise ConnectionLost(reason)
+        if not self.resend_enabled:              # at most once: what was sent is not sent again
+            sent = [pid for pid in self.ledger.pending if pid not in self.ledger.unsent]
+            for post_id in sent:
+                self.settle(post_id, "lost", text=reason)
+        self._host += 1
+        self._schedule()
 
-    # -- posts
+    def _schedule(self) -> None:
+        if self._delays is None:
+            self._delays = self.backoff()
+        delay = next(self._delays)
+        self._attempt += 1
+        host, port = self.hosts[self._host % len(self.hosts)]
+        self.reconnect_at = time.monotonic() + delay
+        self.reporter.event("reconnecting", f"reconnecting to {host_port(host, port)} in {delay:.2f}s "
+                            f"(attempt {self._attempt})", where=host_port(host, port),
+                            delay=round(delay, 3), attempt=self._attempt)
 
-    def post(self, spec: PostSpec, fields: dict[str, Any], refresh: bool, stream: int = LOGIN_STREAM) -> int:
-        """Send one post (waiting first while --window posts are in flight); off-stream unless
-        stream is an open item stream."""
-        while self.window and len(self.ledger.pending) >= self.window and not self.interrupts:
-            self.wait(None)
-        message = build_post(0, spec.service, spec.ric, fields, refresh=refresh, domain=spec.domain,
-                             post_user_info=self.post_user_info(spec), stream=stream)
-        post_id = self.ledger.add(spec.service, spec.ric, time.monotonic() + spec.ack_timeout, message)
+    def _reconnect(self) -> None:
+        """One reconnect attempt (the next host); another is scheduled if it fails."""
+        self.reconnect_at = None
+        host, port = self.hosts[self._host % len(self.hosts)]
         try:
-            self.conn.send(message)
-        except ConnectionLost as exc:
-            if not self.recover_enabled:
+            self._open(host, port)
+        except Stopped:
+            return                               # interrupted: the command ends
+        except LoginRefused as exc:
+            if not exc.retryable:
                 raise
-            self.recover(str(exc))               # resends this post too
-        return post_id
-
-    PER_FRAME = 100                              # posts packed into one frame, at most
-
-    def send_posts(self, messages: list[dict]) -> None:
-        """Send posts packed into frames of PER_FRAME, each within the login's MaxMsgSize."""
-        for i in range(0, len(messages), self.PER_FRAME):
-            self._send_frame(messages[i:i + self.PER_FRAME])
-
-    def _send_frame(self, messages: list[dict]) -> None:
-        limit = int(self.login.attributes.get("MaxMsgSize") or 61430) if self.login else 61430
-        text = encode(messages)                  # ASCII (json escapes the rest): length is bytes
-        if len(text) <= limit:
-            self.conn.send_text(text)
-        elif len(messages) == 1:
-            self.settle(messages[0]["PostID"], "error",
-                        text=f"the post is larger than the ADS's MaxMsgSize ({limit} bytes)")
+            log.info("%s: %s", host_port(host, port), exc)
+        except (ConnectFailed, Timeout) as exc:
+            log.info("%s: %s", host_port(host, port), exc)
         else:
-            half = len(messages) // 2
-            self._send_frame(messages[:half])
-            self._send_frame(messages[half:])
+            self._attempt = 0
+            self.reporter.event("reconnected", f"reconnected to {self.where}; resent "
+                                f"{len(self.ledger.pending)} posts", where=self.where,
+                                resent=len(self.ledger.pending))
+            return
+        self._host += 1
+        self._schedule()
 
-    def post_user_info(self, spec: PostSpec) -> dict | None:
-        """PostUserInfo for this session's posts, worked out once."""
-        if not spec.post_user_info:
-            return None
-        if self._post_user_info is None:
-            address = spec.post_user_address or ipv4_of(self.conn.local_address())
-            user_id = spec.post_user_id if spec.post_user_id is not None else os.getpid()
-            self._post_user_info = {"Address": address, "UserID": user_id} if address else {}
-        return self._post_user_info or None
+    def _proven(self) -> None:
+        """The connection works (an Ack or an item message came): the next backoff starts afresh."""
+        self._delays = None
+
+    # -- waiting
 
     def wait(self, until: float | None) -> Event | None:
-        """Handle one event, expire overdue posts and keep the connection alive.
+        """Handle the events that come up to `until` (at most BURST at once), expire overdue
+        posts, keep the connection alive and reconnect when due. The last event, or None.
 
-        Returns the event, or None at a deadline. A lost connection is
-        recovered from when the session recovers, else it raises.
+        A lost connection is recovered from when the session recovers, else it raises.
         """
         try:
             return self._wait(until)
         except ConnectionLost as exc:
-            if self.interrupts:                  # stopping anyway: what is pending is lost
-                for outcome in self.ledger.fail_all("lost", str(exc)):
-                    self.reporter.outcome(outcome)
-                return None
-            if not self.recover_enabled:
-                raise
-            self.recover(str(exc))
+            self._lost(str(exc))
             return None
 
-    BURST = 256                                  # events handled per wait, when they are queued
-
     def _wait(self, until: float | None) -> Event | None:
-        deadlines = [d for d in (until, self.ledger.next_deadline(), self._liveness()) if d is not None]
+        deadlines = [d for d in (until, self.ledger.next_deadline(), self._liveness(), self.reconnect_at)
+                     if d is not None]
         event = self.next_event(min(deadlines) if deadlines else None)
         last, handled = event, 0
         while event is not None:                 # then what is already queued, up to BURST
@@ -1249,26 +1654,109 @@ class Session:
             if isinstance(event, Interrupted) or handled >= self.BURST:
                 break
             event = self.next_event(0)
-        if self.ledger.pending and self.ledger.next_deadline() <= time.monotonic():
-            for outcome in self.ledger.expire(time.monotonic()):
-                self.reporter.outcome(outcome)
+        self._expire()
+        if self.reconnect_at is not None and time.monotonic() >= self.reconnect_at:
+            self._reconnect()
         return last
 
+    def _expire(self) -> None:
+        ledger = self.ledger
+        if ledger.pending and ledger.next_deadline() <= time.monotonic():
+            for outcome in ledger.expire(time.monotonic()):
+                self.outcome(outcome)
+
     def _liveness(self) -> float | None:
-        """Ping after PingTimeout/3 of silence; ConnectionLost after PingTimeout; the next check time."""
-        timeout = self.login.ping_timeout if self.login else None
-        if not timeout or self.conn is None:
+        """The next time the connection needs looking at, or ConnectionLost when it is dead: nothing
+        received for PingTimeout (after our Ping at a third of it), or what we send left unread
+        for as long (SEND_STALL when the login gave no PingTimeout)."""
+        conn, login = self.conn, self.login
+        if conn is None or login is None:
             return None
-        now, last_rx = time.monotonic(), self.conn.last_rx
+        now, timeout = time.monotonic(), login.ping_timeout
+        stalled = conn.sending_since
+        limit = timeout or SEND_STALL
+        if stalled is not None and now - stalled >= limit:
+            raise ConnectionLost(f"{self.where} has not read what we sent for {limit:g}s")
+        next_check = stalled + limit if stalled is not None else None
+        if not timeout:
+            return next_check
+        last_rx = conn.last_rx
         if now - last_rx >= timeout:
             raise ConnectionLost(f"nothing received from {self.where} for {timeout}s (PingTimeout)")
         if self._pinged_at > last_rx:
-            return last_rx + timeout
-        if now - last_rx >= timeout / 3:
-            self.conn.send_text(PING_TEXT)
+            due = last_rx + timeout
+        elif now - last_rx >= timeout / 3:
+            conn.send(PING_TEXT)
             self._pinged_at = now
-            return last_rx + timeout
-        return last_rx + timeout / 3
+            due = last_rx + timeout
+        else:
+            due = last_rx + timeout / 3
+        return due if next_check is None else min(due, next_check)
+
+    # -- posts
+
+    def post(self, service: str, ric: str, fields: dict[str, Any], refresh: bool, *,
+             domain: str = "MarketPrice", stream: int = LOGIN_STREAM, line: int | None = None) -> int:
+        """Make a post, pending from now with its ack deadline; flush() sends it. Off-stream
+        unless stream is an open item stream. Its PostID."""
+        post_id = self.ledger.new_id()
+        message = build_post(post_id, service, ric, fields, refresh=refresh, domain=domain,
+                             post_user_info=self.user_info, stream=stream)
+        self.ledger.add(post_id, service, ric, time.monotonic() + self.ack_timeout, message, line)
+        return post_id
+
+    def flush(self) -> None:
+        """Send the posts not yet sent, packed into frames under the login's MaxMsgSize, when
+        logged in (else they wait for the next connection). A post that cannot be sent at all
+        ends as an ERROR here."""
+        if self.ledger.unsent and self.login is not None:
+            self._send_all(self.ledger.take_unsent(), problems=True)
+
+    def _send_all(self, messages: list[dict], problems: bool = False) -> list[dict]:
+        """Send messages in frames (the one send path); those that cannot be sent are returned,
+        or with problems=True, as posts, settled as errors."""
+        refused = []
+        limit = self.login.max_msg_size if self.login else DEFAULT_MAX_MSG_SIZE
+        for frame in pack(messages, limit):
+            if frame.text is not None:
+                self.conn.send(frame.text)
+            elif problems:
+                self.settle(frame.messages[0]["PostID"], "error", text=f"the post is {frame.problem}")
+            else:
+                refused.append(frame.messages[0])
+        return refused
+
+    def _post_user_info(self, spec: PostSpec) -> dict | None:
+        """PostUserInfo for this session's posts."""
+        if not spec.post_user_info:
+            return None
+        address = spec.post_user_address or ipv4_of(self.conn.local_address())
+        user_id = spec.post_user_id if spec.post_user_id is not None else os.getpid()
+        return {"Address": address, "UserID": user_id} if address else None
+
+    def window_full(self) -> bool:
+        return bool(self.window) and len(self.ledger.pending) >= self.window
+
+    def drain(self) -> None:
+        """Wait until no post is pending (each has its own ack deadline); a second interrupt
+        stops waiting."""
+        while self.ledger.pending and self.interrupts < 2:
+            self.wait(None)
+
+    def settle(self, post_id: Any, status: str, code: str | None = None, text: str | None = None) -> bool:
+        outcome = self.ledger.resolve(post_id, status, code, text)
+        if outcome is None:
+            if status == "ack" and self.ledger.late_ack(post_id):
+                log.info("post %s was acknowledged after its ack timeout", post_id)
+                if self.on_late is not None:
+                    self.on_late(post_id)
+                return True
+            log.warning("%s for unknown or already ended post %s was ignored",
+                        "an Ack" if status == "ack" else f"a {status}", word(repr(post_id)))
+            return False
+        self._proven()
+        self.outcome(outcome)
+        return True
 
     # -- item streams (get, watch, post --on-stream, read-backs)
 
@@ -1280,10 +1768,14 @@ class Session:
             log.info("the ADS does not announce SupportViewRequests: requesting every field")
             view = None
         request = build_request(stream, service, ric, domain=domain, streaming=streaming, view=view)
+        if self.login is None:
+            raise ConnectionLost(f"not connected to send the request for {service} {ric}")
+        if self._send_all([request]):
+            raise Rejected(f"the request for {word(service)} {word(ric)} is larger than the ADS's "
+                           f"MaxMsgSize ({self.login.max_msg_size} bytes)", "ask for fewer fields")
         self.items[stream] = handler
         if streaming:
             self.item_requests[stream] = request
-        self.conn.send(request)
         return stream
 
     def close_item(self, stream: int, domain: str, *, send: bool = True) -> None:
@@ -1291,7 +1783,7 @@ class Session:
         self.items.pop(stream, None)
         self.item_requests.pop(stream, None)
         if send and self.conn and not self.conn.closed:
-            self.conn.send(build_close(stream, domain))
+            self.conn.send(encode(build_close(stream, domain)))
 
     def first_reply(self, service: str, ric: str, domain: str, timeout: float, *, streaming: bool,
                     view: list | None = None) -> tuple[int, "ItemRefresh | ItemStatus"]:
@@ -1311,11 +1803,11 @@ class Session:
         deadline = time.monotonic() + timeout
         while not replies and time.monotonic() < deadline:
             self.wait(deadline)
-            if self.interrupts:
-                raise KeyboardInterrupt
+            if self.stopping:
+                raise Stopped("interrupted")
         if not replies:
             self.close_item(stream, domain)
-            raise Timeout(f"no reply to the request for {service} {ric} within {timeout:g}s")
+            raise Timeout(f"no reply to the request for {word(service)} {word(ric)} within {timeout:g}s")
         reply = replies[0]
         if reply.state.get("Stream") in CLOSED_STREAM_STATES:
             self.close_item(stream, domain, send=False)
@@ -1329,14 +1821,9 @@ class Session:
             self.close_item(stream, domain)
         return reply
 
-    def drain(self) -> None:
-        """Wait until no post is pending (each has its own ack deadline)."""
-        while self.ledger.pending:
-            if isinstance(self.wait(None), Interrupted) and self.interrupts > 1:
-                return
+    # -- every event's effect, in one place: a handler per event type
 
     def dispatch(self, event: Event) -> None:
-        """Every event's effect, in one place: a handler per event type."""
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(self, event)
@@ -1358,9 +1845,17 @@ class Session:
         if post_id is None and len(self.ledger.pending) == 1:
             post_id = next(iter(self.ledger.pending))
         if post_id is None or not self.settle(post_id, "error", text=event.text):
-            log.error("the ADS sent an Error on stream %s: %s", event.stream, event.text)
+            log.error("the ADS sent an Error on stream %s: %s", word(event.stream), json.dumps(event.text))
+
+    def _on_login_accepted(self, event: LoginAccepted) -> None:
+        if self.login is not None:               # a later login Refresh (a reissue's answer)
+            self.login = event
+
+    def _on_login_notice(self, event: LoginNotice) -> None:
+        self.reporter.notice(f"contribute: login: {describe_state(event)} (the session goes on)")
 
     def _on_login_denied(self, event: LoginDenied) -> None:
+        self.login = None
         if event.stream_state == "ClosedRecover" and self.recover_enabled:
             raise ConnectionLost(f"login stream closed: {describe_state(event)}")
         raise LoginRefused(login_error(event, during_session=True), HINTS.get(event.code), event)
@@ -1374,10 +1869,20 @@ class Session:
         raise ProtocolViolation(f"failure in the websocket thread: {event.error!r}")
 
     def _on_interrupted(self, event: Interrupted) -> None:
+        """The first interrupt: nothing new is sent (posts not sent yet end UNSENT), no reconnect;
+        posts in flight are still awaited. The second: drain() stops waiting."""
         self.interrupts += 1
-        log.info("interrupted: no new posts")
+        if self.interrupts > 1:
+            return
+        log.info("interrupted (%s): no new posts", event.reason)
+        for outcome in self.ledger.fail_unsent(f"not sent: {event.reason}"):
+            self.outcome(outcome)
+        if self.login is None:                   # between connections: nothing can be acked now
+            self.reconnect_at = None
+            self._fail_all(f"{event.reason} while reconnecting")
 
     def _on_item(self, event: Any) -> None:
+        self._proven()
         handler = self.items.get(event.stream)
         if handler is not None:
             handler(event)
@@ -1387,19 +1892,14 @@ class Session:
     def _on_other(self, event: Other) -> None:
         log.debug("ignored: %s", event.msg)
 
+    def _on_ignored(self, event: Any) -> None:
+        pass
+
     _handlers: dict[type, Callable[["Session", Any], None]] = {
         AckBatch: _on_ack_batch, Acked: _on_acked, Nakked: _on_nakked, ServerError: _on_server_error,
-        LoginDenied: _on_login_denied, Closed: _on_closed, Failure: _on_failure,
-        Interrupted: _on_interrupted, Other: _on_other,
-        ItemRefresh: _on_item, ItemUpdate: _on_item, ItemStatus: _on_item}
-
-    def settle(self, post_id: Any, status: str, code: str | None = None, text: str | None = None) -> bool:
-        outcome = self.ledger.resolve(post_id, status, code, text)
-        if outcome is None:
-            log.warning("an Ack for unknown or already ended post %r was ignored", post_id)
-            return False
-        self.reporter.outcome(outcome)
-        return True
+        LoginAccepted: _on_login_accepted, LoginNotice: _on_login_notice, LoginDenied: _on_login_denied,
+        Closed: _on_closed, Failure: _on_failure, Interrupted: _on_interrupted, Other: _on_other,
+        Opened: _on_ignored, ItemRefresh: _on_item, ItemUpdate: _on_item, ItemStatus: _on_item}
 
 
 def default_user() -> str:
@@ -1428,7 +1928,7 @@ def describe_close(event: Closed) -> str:
     return "closed"
 
 
-def connect_error(event: Closed, where: str, url: str) -> ContributeError:
+def connect_error(event: Closed, where: str, url: str, timeout: float) -> ContributeError:
     """A one-line, hinted error for a connection that never opened."""
     error = event.error
     status = getattr(error, "status_code", None)
@@ -1441,6 +1941,12 @@ def connect_error(event: Closed, where: str, url: str) -> ContributeError:
     if isinstance(error, ConnectionRefusedError):
         return ConnectFailed(f"nothing is listening at {where} (connection refused)",
                              "check --host and --port: the ADS WebSocket port is often 15000")
+    if isinstance(error, TimeoutError) or type(error).__name__ == "WebSocketTimeoutException":
+        return Timeout(f"no answer from {where} within {timeout:g}s (connecting and upgrading to WebSocket)",
+                       "check --host and --port, and that no firewall drops the traffic")
+    if isinstance(error, Redirected):
+        return ConnectFailed(f"the server at {where} redirected the WebSocket upgrade on {url} ({error}): "
+                             "not followed", "give the ADS's own host and port (--host, --port, --path)")
     if status is not None:
         return ConnectFailed(f"the server at {where} refused the WebSocket upgrade on {url}: HTTP {status}",
                              f"check --path (usually /WebSocket) and that the port is an ADS "
@@ -1465,12 +1971,12 @@ def login_error(event: LoginDenied, during_session: bool = False) -> str:
     return f"{what}: {describe_state(event)}"
 
 
-def describe_state(event: LoginDenied) -> str:
+def describe_state(event: LoginDenied | LoginNotice) -> str:
     """The ADS's own words: Stream/Data Code "Text"."""
-    return f"{event.stream_state}/{event.data_state} {event.code} {json.dumps(event.text)}"
+    return f"{word(event.stream_state)}/{word(event.data_state)} {word(event.code)} {json.dumps(event.text)}"
 
 
-# The three commands. Each returns an exit status; errors propagate as ContributeError.
+# The commands. Each returns an exit status; errors propagate as ContributeError.
 
 def run_login(settings: Settings, reporter: Reporter) -> Exit:
     with Session(settings, reporter) as session:
@@ -1488,7 +1994,7 @@ def run_login(settings: Settings, reporter: Reporter) -> Exit:
             return Exit.LOGIN
         attrs = login.attributes
         text = f"LOGIN accepted {json.dumps(login.text)} " + \
-            " ".join(f"{k}={attrs.get(k)}" for k in LOGIN_ATTRIBUTES)
+            " ".join(f"{k}={word(attrs.get(k))}" for k in LOGIN_ATTRIBUTES)
         reporter.result(text, {"status": "accepted", "text": login.text,
                                **{name: attrs.get(k) for k, name in LOGIN_ATTRIBUTES.items()}},
                         success=True)
@@ -1499,17 +2005,19 @@ def run_post(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
              verify: bool = False, on_stream: bool = False, names: FieldNames | None = None) -> Exit:
     """One post. on_stream: open the item's stream first and post on it; verify: after the Ack,
     read the item back and compare the fields just posted."""
-    with Session(settings, reporter, ack_timeout=spec.ack_timeout) as session:
+    verified = Exit.OK
+    with Session(settings, reporter, spec=spec) as session:
         session.connect()
         stream = open_for_posting(session, spec) if on_stream else LOGIN_STREAM
-        session.post(spec, spec.fields, refresh, stream)
+        session.post(spec.service, spec.ric, spec.fields, refresh, domain=spec.domain, stream=stream)
+        session.flush()
         session.drain()
-        code = session.ledger.exit_code(interrupted=bool(session.interrupts))
-        if verify and code == Exit.OK:
-            code = verify_post(session, spec, reporter, names)
+        if verify and session.ledger.counts == {"ack": 1}:
+            verified = verify_post(session, spec, reporter, names)
         if on_stream:
             session.close_item(stream, spec.domain)
-    return code
+    code = session.ledger.exit_code(interrupted=session.stopping)     # after the shutdown's LOST
+    return code if code != Exit.OK else verified
 
 
 def open_for_posting(session: Session, spec: PostSpec) -> int:
@@ -1520,7 +2028,7 @@ def open_for_posting(session: Session, spec: PostSpec) -> int:
         hint = ITEM_HINTS.get(reply.state.get("Code"))
         if reply.state.get("Code") == "NotFound":
             hint = "on-stream posts need an existing item: create it with an off-stream post --refresh"
-        raise Rejected(f"cannot open {spec.service} {spec.ric} to post on its stream: "
+        raise Rejected(f"cannot open {word(spec.service)} {word(spec.ric)} to post on its stream: "
                        f"{item_state_words(reply.state)}", hint)
     return stream
 
@@ -1537,7 +2045,7 @@ def read_back(session: Session, spec: PostSpec,
     view = [name for name in (field_name(key, names) for key in spec.fields) if name]
     reply = session.snapshot(spec.service, spec.ric, spec.domain, spec.ack_timeout, view or None)
     if item_refused(reply):
-        raise Rejected(f"reading {spec.service} {spec.ric} back: {item_state_words(reply.state)}",
+        raise Rejected(f"reading {word(spec.service)} {word(spec.ric)} back: {item_state_words(reply.state)}",
                        ITEM_HINTS.get(reply.state.get("Code")))
     mismatches, unverified = compare_fields(spec.fields, reply.fields, names)
     if unverified:
@@ -1546,8 +2054,8 @@ def read_back(session: Session, spec: PostSpec,
     return reply, mismatches, {k: v for k, v in spec.fields.items() if k not in unverified}
 
 
-def mismatch_hint(session: Session, spec: PostSpec, reply: ItemRefresh) -> str:
-    if reply.post_user_info and reply.post_user_info != session.post_user_info(spec):
+def mismatch_hint(session: Session, reply: ItemRefresh) -> str:
+    if reply.post_user_info and reply.post_user_info != session.user_info:
         return f"the item was last posted by someone else ({describe_poster(reply.post_user_info)})"
     return ("the ADS stored another value: check the field's type in the ADS dictionary "
             "(an enum takes its number, a date YYYY-MM-DD)")
@@ -1556,7 +2064,7 @@ def mismatch_hint(session: Session, spec: PostSpec, reply: ItemRefresh) -> str:
 def verify_post(session: Session, spec: PostSpec, reporter: Reporter, names: FieldNames | None) -> Exit:
     """post --verify: VERIFIED, or a MISMATCH line per field (exit 5)."""
     reply, mismatches, checked = read_back(session, spec, names)
-    head = f"{spec.service} {spec.ric}"
+    head = f"{word(spec.service)} {word(spec.ric)}"
     if not mismatches:
         reporter.result(f"VERIFIED {head} {render_fields(checked.items())}",
                         {"status": "verified", "service": spec.service, "ric": spec.ric, "fields": checked},
@@ -1566,7 +2074,7 @@ def verify_post(session: Session, spec: PostSpec, reporter: Reporter, names: Fie
                     {"status": "mismatch", "service": spec.service, "ric": spec.ric,
                      "mismatches": [m._asdict() for m in mismatches],
                      "post_user_info": poster_data(reply.post_user_info)}, success=False)
-    reporter.notice(f"hint: {mismatch_hint(session, spec, reply)}")
+    reporter.notice(f"hint: {mismatch_hint(session, reply)}")
     return Exit.REJECTED
 
 
@@ -1583,7 +2091,7 @@ def run_get(settings: Settings, reporter: Reporter, service: str, ric: str, *, d
     with Session(settings, reporter) as session:
         session.connect()
         reply = session.snapshot(service, ric, domain, timeout, view)
-    head = f"{service} {ric} {item_state_words(reply.state)}"
+    head = f"{word(service)} {word(ric)} {item_state_words(reply.state)}"
     data: dict[str, Any] = {"service": service, "ric": ric, "state": state_data(reply.state)}
     if item_refused(reply):
         reporter.result(head, {**data, "fields": None, "post_user_info": None}, success=False)
@@ -1600,8 +2108,8 @@ def run_get(settings: Settings, reporter: Reporter, service: str, ric: str, *, d
     lines = [head]
     if reply.post_user_info:
         lines.append(f"last posted by {describe_poster(reply.post_user_info)}")
-    width = max((len(name) for name, _ in ordered), default=0)
-    lines += [f"{name.ljust(width)}  {render_value(value)}" for name, value in ordered]
+    width = max((len(word(name)) for name, _ in ordered), default=0)
+    lines += [f"{word(name).ljust(width)}  {render_value(value)}" for name, value in ordered]
     reporter.result("\n".join(lines), {**data, "fields": dict(ordered),
                                         "post_user_info": poster_data(reply.post_user_info)}, success=True)
     return Exit.OK
@@ -1636,7 +2144,7 @@ class Watch:
             return
         self.waiting.discard(event.stream)
         data: dict[str, Any] = {"type": self.KINDS[type(event)], "service": self.service, "ric": ric}
-        words = [data["type"].upper(), self.service, ric]
+        words = [data["type"].upper(), word(self.service), word(ric)]
         state = getattr(event, "state", None)
         if state is not None:
             data["state"] = state_data(state)
@@ -1659,7 +2167,7 @@ class Watch:
         """Streams still without a reply are reported, closed and dropped."""
         for stream in sorted(self.waiting):
             ric = self.open.pop(stream)
-            self.reporter.emit(f"TIMEOUT {self.service} {ric} \"no reply within {timeout:g}s\"",
+            self.reporter.emit(f"TIMEOUT {word(self.service)} {word(ric)} \"no reply within {timeout:g}s\"",
                                {"type": "timeout", "service": self.service, "ric": ric})
             self.session.close_item(stream, self.domain)
             self.end(Exit.TIMEOUT)
@@ -1682,7 +2190,7 @@ def run_watch(settings: Settings, reporter: Reporter, service: str, rics: tuple[
         for ric in dict.fromkeys(rics):
             watch.start(ric, view)
         first_deadline = time.monotonic() + timeout
-        while not watch.done and not session.interrupts:
+        while not watch.done and not session.stopping:
             session.wait(first_deadline if watch.waiting else None)
             if watch.waiting and time.monotonic() >= first_deadline:
                 watch.time_out(timeout)
@@ -1693,96 +2201,131 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
             interval: float = 5.0, count: int | None = None, walk_fields: bool = False,
             window: int | None = None, resend: bool = True) -> Exit:
     """A Refresh (unless refresh is False), then an Update every interval, count times or until
-    stopped; recovering from lost connections."""
+    stopped; recovering from lost connections.
+
+    Every post carries all the run's fields, so after a reconnect the first post sent (the
+    oldest one resent, or else the next) goes as a Refresh: an ADS that restarted with an empty
+    cache has the item again, and its watchers get a fresh image, as from any OMM provider
+    after a recovery. Intervals that pass while disconnected or while the window is full are
+    skipped, not made up."""
     import random                         # only run needs it: kept off the start-up path
     rng = random.Random()
     fields = dict(spec.fields)
-    with Session(settings, reporter, recover=True, resend=resend, window=window,
-                 ack_timeout=spec.ack_timeout) as session:
-        session.connect()
+    with Session(settings, reporter, spec=spec, recover=True, resend=resend, window=window) as session:
+        pending_refresh = [refresh]
+
+        def refresh_first() -> None:
+            first = next(iter(session.ledger.unsent), None)
+            if first is None:
+                pending_refresh[0] = True
+            else:
+                message = session.ledger.pending[first].message
+                message["Message"] = build_payload(True, spec.domain, message["Message"]["Fields"])
+
         if refresh:
-            session.post(spec, fields, refresh=True)
-        sent = 0
+            session.on_reconnect = refresh_first
+        session.connect()
+        updates = 0
         next_at = time.monotonic()
-        while not session.interrupts and (count is None or sent < count):
+        while not session.stopping and (count is None or updates < count):
             now = time.monotonic()
-            if now >= next_at:
-                if walk_fields:
-                    fields = walk(fields, rng)
-                session.post(spec, fields, refresh=False)
-                sent += 1
-                next_at = max(next_at + interval, now)
+            if now < next_at or not session.connected or session.window_full():
+                session.wait(next_at if now < next_at else None)
                 continue
-            session.wait(next_at)
+            as_refresh, pending_refresh[0] = pending_refresh[0], False
+            if walk_fields and not (as_refresh and session.connections == 1):
+                fields = walk(fields, rng)
+            session.post(spec.service, spec.ric, fields, as_refresh, domain=spec.domain)
+            session.flush()
+            if not (as_refresh and session.connections == 1):
+                updates += 1                     # the first Refresh is not one of the --count Updates
+            next_at = max(next_at + interval, now)
         session.drain()
-    interrupted = bool(session.interrupts)
+    interrupted = session.stopping
     reporter.notice(f"run: {session.ledger.summary()}{' (interrupted)' if interrupted else ''}")
-    return session.ledger.exit_code(interrupted)
+    return session.ledger.exit_code(interrupted=interrupted)
 
 
 class Bulk:
-    """`post --file`: rows from a reader thread, packed into frames, pipelined.
+    """`post --file`: rows read on a thread of their own, posted as they come, each accounted for.
 
-    The reader thread puts rows on the session's queue and takes one slot of
-    the window for each; a slot is given back when the row's post ends. So
-    rows read plus posts in flight never exceed --window: memory stays flat
-    whatever the input's size. A frame is sent as soon as the queue is
-    momentarily empty or PER_FRAME posts are waiting, so a slow pipe is posted
-    row by row and a file in full frames, never over the login's MaxMsgSize.
+    The reader thread puts rows on the session's queue, each against one of --window credits;
+    a credit comes back when the row's post ends. So rows read plus posts in flight never exceed
+    --window, and memory stays flat whatever the input's size. Posts are sent as soon as the
+    queue is momentarily empty or PER_FRAME are waiting: a slow pipe is posted row by row and a
+    file in full frames. A row's ack deadline starts when the main thread takes it, so during an
+    outage rows time out like posts in flight. Once stopping (Ctrl-C, SIGTERM, stdout closed,
+    --strict) nothing more is read or sent: rows read and not yet posted end UNSENT.
     """
 
-    PER_FRAME = Session.PER_FRAME
-
-    def __init__(self, spec: PostSpec, refresh: bool, window: int, rate: float | None,
-                 strict: bool, reporter: Reporter, failed_out: str | None, fmt: str) -> None:
-        self.spec, self.refresh, self.rate, self.strict = spec, refresh, rate, strict
-        self.reporter = reporter
-        # The window's slots, as tokens in a SimpleQueue (its get and put are C: cheap per row).
-        self.slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(window):
-            self.slots.put(None)
-        self.batch: list[Row] = []
-        self.held: list[Row] = []           # rows waiting for --rate
+    def __init__(self, session: Session, spec: PostSpec, refresh: bool, window: int, rate: float | None,
+                 strict: bool, failed: "FailedRows | None") -> None:
+        self.session, self.spec, self.refresh, self.rate, self.strict = session, spec, refresh, rate, strict
+        self.reporter = session.reporter
+        self.failed = failed
+        self.credits = window               # the reader's own count, before it needs slots
+        self.slots: queue.SimpleQueue[None] = queue.SimpleQueue()   # credits given back
+        self.lock = threading.Lock()        # the reader puts rows only while `reading`
+        self.reading = True
+        self.window = window
+        self.held: deque[Row] = deque()     # rows waiting for --rate
         self.next_at = 0.0                  # when --rate lets the next row go
         self.rows: dict[int, Row] = {}      # post id -> row, while in flight
+        self.timed_out: dict[int, Row] = {} # TIMEOUT rows, out of --failed-out while a late Ack may come
         self.ended = False                  # all input read
         self.stopped = False                # --strict met a bad row
         self.read_error: str | None = None
-        self.invalid = 0
-        self.unsent = 0                     # read but never posted (no connection at the end)
-        self.posted = 0
-        self.header: list[str] = []         # CSV header, for --failed-out
-        self.session: Session | None = None
-        self.failed_out = FailedRows(failed_out, fmt, self.header) if failed_out else None
+        self.last_line = 0                  # the last input line taken
+        self.invalid = self.unsent = self.posted = 0
+        self.nak_codes: dict[str, int] = {}
 
     # -- rows in
 
     def feed(self, rows: Iterator[Row | BadRow], events: Any) -> None:
-        """The reader thread: every row takes a window slot, then goes on the session queue."""
+        """The reader thread: a credit before each row is read, then the row goes on the queue."""
+        end = EndOfInput(None)
         try:
-            for item in rows:
-                self.slots.get()
-                events.put((None, item))
-            events.put((None, EndOfInput(None)))
-        except Exception as exc:            # unreadable input (I/O, not UTF-8): reported, not raised
-            events.put((None, EndOfInput(f"{type(exc).__name__}: {exc}")))
+            rows = iter(rows)
+            while True:
+                if self.credits:
+                    self.credits -= 1
+                else:
+                    self.slots.get()
+                item = next(rows, None)
+                if item is None:
+                    break
+                with self.lock:
+                    if not self.reading:
+                        return
+                    events.put((None, item))
+        except Exception as exc:            # unreadable input (an I/O error): reported, not raised
+            end = EndOfInput(f"{type(exc).__name__}: {exc}")
+        with self.lock:
+            if self.reading:
+                events.put((None, end))
 
     def take(self, item: Any) -> None:
         """The main thread's side of the queue (Session.on_other)."""
         if isinstance(item, Row):
-            if self.stopped:                     # --strict has stopped: nothing after the bad row
+            self.last_line = item.line
+            if self.stopped or self.session.stopping:
+                self.unsend(item, "not sent: stopped" if self.session.stopping
+                            else "not sent: --strict stopped at an earlier line")
+            elif not (item.service or self.spec.service):
                 self.slots.put(None)
-                return
-            (self.held if self.rate else self.batch).append(item)
-            if len(self.batch) >= self.PER_FRAME and self.connected():
-                self.flush()
+                self.reject(item.line, "no service: give --service or a SERVICE column")
+            elif self.rate:
+                self.held.append(item)
+            else:
+                self.post(item)
         elif isinstance(item, BadRow):
+            self.last_line = max(self.last_line, item.line)
             self.slots.put(None)
             self.reject(item.line, item.text)
         elif isinstance(item, EndOfInput):
             self.ended, self.read_error = True, item.error
             if item.error:
-                log.error("input: %s", item.error)
+                log.error("input: %s after line %d", item.error, self.last_line)
 
     def reject(self, line: int, text: str) -> None:
         self.invalid += 1
@@ -1791,172 +2334,201 @@ class Bulk:
         if self.strict:
             self.stopped = True
 
+    def unsend(self, row: Row, text: str) -> None:
+        """A row read but never posted: reported, counted, and written to --failed-out."""
+        self.slots.put(None)
+        self.unsent += 1
+        self.session.ledger.tally("unsent")
+        self.reporter.outcome(Outcome("unsent", row.service or self.spec.service, row.ric, None,
+                                      text=text, line=row.line))
+        if self.failed is not None:
+            self.failed.write(row)
+
     def release_held(self) -> None:
-        """Move the rows --rate allows now into the batch."""
+        """Post the rows --rate allows now."""
         now = time.monotonic()
         while self.held and self.next_at <= now:
-            self.batch.append(self.held.pop(0))
+            self.post(self.held.popleft())
             self.next_at = max(self.next_at, now) + 1 / self.rate
 
     def next_release(self) -> float | None:
         """When --rate lets the next held row go (None: nothing held)."""
         return self.next_at if self.held else None
 
+    def stop(self) -> None:
+        """Read nothing more; rows held for --rate end UNSENT (queued ones do as they are taken)."""
+        with self.lock:
+            self.reading = False
+        while self.held:
+            self.unsend(self.held.popleft(), "not sent: stopped")
+
+    @property
+    def done(self) -> bool:
+        return self.ended and not self.held and not self.session.ledger.pending
+
     # -- posts out
 
-    def connected(self) -> bool:
-        """Logged in now (not, say, between a lost connection and the reconnect)."""
-        return self.session is not None and self.session.conn is not None \
-            and self.session.login is not None
+    def post(self, row: Row) -> None:
+        session = self.session
+        refresh = self.refresh if row.refresh is None else row.refresh
+        post_id = session.post(row.service or self.spec.service, row.ric, row.fields, refresh,
+                               domain=self.spec.domain, line=row.line)
+        self.rows[post_id] = row
+        self.posted += 1
+        if len(session.ledger.unsent) >= PER_FRAME:
+            session.flush()
 
-    def flush(self) -> None:
-        """Post the batch: one frame, split where MaxMsgSize demands."""
-        if not self.connected():                 # e.g. interrupted while reconnecting
-            for row in self.batch:
-                self.slots.put(None)
-                self.unsent += 1
-                self.reporter.emit(f"UNSENT line {row.line} {row.ric}",
-                                   {"status": "unsent", "line": row.line, "ric": row.ric})
-            self.batch = []
+    def on_outcome(self, outcome: Outcome) -> None:
+        """Every post's ending (the session's observer): its credit comes back; failures are
+        printed and go to --failed-out (TIMEOUT rows only once no late Ack can keep them out)."""
+        row = self.rows.pop(outcome.post_id, None)
+        if row is not None:
+            self.slots.put(None)
+        if outcome.status == "ack":
             return
-        session, (batch, self.batch) = self.session, (self.batch, [])
-        deadline = time.monotonic() + self.spec.ack_timeout
-        info = session.post_user_info(self.spec)
-        messages = []
-        for row in batch:
-            service = row.service or self.spec.service
-            if not service:
-                self.slots.put(None)
-                self.reject(row.line, "no service: give --service or a SERVICE column")
-                continue
-            refresh = self.refresh if row.refresh is None else row.refresh
-            message = build_post(0, service, row.ric, row.fields, refresh=refresh,
-                                 domain=self.spec.domain, post_user_info=info)
-            self.rows[session.ledger.add(service, row.ric, deadline, message)] = row
-            messages.append(message)
-        self.posted += len(messages)
-        try:
-            session.send_posts(messages)
-        except ConnectionLost as exc:       # recover() posts them again with the others pending
-            session.recover(str(exc))
+        if outcome.nak_code:
+            self.nak_codes[outcome.nak_code] = self.nak_codes.get(outcome.nak_code, 0) + 1
+        self.reporter.outcome(outcome)
+        if row is None or self.failed is None:
+            return
+        if outcome.status != "timeout":
+            self.failed.write(row)
+            return
+        self.timed_out[outcome.post_id] = row
+        if len(self.timed_out) > self.window:
+            self.failed.write(self.timed_out.pop(next(iter(self.timed_out))))
+
+    def on_late(self, post_id: int) -> None:
+        """An Ack after the TIMEOUT: the ADS has the row, so it stays out of --failed-out."""
+        self.timed_out.pop(post_id, None)
+
+    def finish(self) -> None:
+        if self.failed is not None:
+            for row in self.timed_out.values():
+                self.failed.write(row)
+            self.timed_out.clear()
 
 
 class FailedRows:
-    """--failed-out: failed rows written back in the input's format, to be posted again."""
+    """--failed-out: failed rows written back in the input's format, to be posted again.
+
+    The file is opened (and emptied) before anything is sent, so that a bad path is a usage
+    error and a clean run leaves no stale rows behind: a CSV gets its header, nothing else.
+    """
 
     def __init__(self, path: str, fmt: str, header: list[str]) -> None:
         self.path, self.fmt, self.header = path, fmt, header
-        self.file: IO[str] | None = None
+        try:
+            self.file: IO[str] = open(path, "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise UsageProblem(f"--failed-out: cannot write {path}: {exc.strerror or exc}") from None
         self.writer: Any = None
         self.count = 0
 
     def write(self, row: Row) -> None:
-        if self.file is None:
-            self.file = open(self.path, "w", encoding="utf-8", newline="")
-            if self.fmt == "csv":
-                import csv
-                self.writer = csv.writer(self.file)
-                self.writer.writerow(self.header)
-        if self.writer is not None:
-            self.writer.writerow(row.raw)
+        if self.fmt == "csv":
+            self._csv().writerow(row.raw)
         else:
             self.file.write(row.raw + "\n")
         self.count += 1
 
+    def _csv(self) -> Any:
+        if self.writer is None:
+            import csv
+            self.writer = csv.writer(self.file)
+            if self.header:
+                self.writer.writerow(self.header)
+        return self.writer
+
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        if self.fmt == "csv" and self.header:
+            self._csv()                          # the header, even when no row failed
+        self.file.close()
 
 
-class BulkReporter(Reporter):
-    """Outcomes of a bulk run: only failures are printed, each with its input line."""
+def open_input(path: str) -> tuple[IO[bytes], bool]:
+    """The input as a binary file, and whether it is a pipe (or other stream) rather than a file."""
+    if path == "-":
+        if sys.stdin is None:
+            raise UsageProblem("--file -: stdin is closed")
+        # stdin through a file object of its own: the reader thread may still be
+        # blocked in it at exit, and Python's shutdown would fail on sys.stdin's lock.
+        binary = os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    else:
+        try:
+            binary = open(path, "rb")
+        except OSError as exc:
+            raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
+    import stat
+    return binary, not stat.S_ISREG(os.fstat(binary.fileno()).st_mode)
 
-    def __init__(self, base: Reporter, bulk: Bulk) -> None:
-        super().__init__(base.out, base.err, base.as_json, base.quiet)
-        self.bulk = bulk
-        self.nak_codes: dict[str, int] = {}
 
-    def outcome(self, outcome: Outcome) -> None:
-        row = self.bulk.rows.pop(outcome.post_id, None)
-        if row is not None:
-            self.bulk.slots.put(None)
-        if outcome.status == "ack":
-            return
-        if row is not None:
-            outcome = outcome._replace(line=row.line)
-        if outcome.nak_code:
-            self.nak_codes[outcome.nak_code] = self.nak_codes.get(outcome.nak_code, 0) + 1
-        super().outcome(outcome)
-        if row is not None and self.bulk.failed_out is not None:
-            self.bulk.failed_out.write(row)
+def same_file(binary: IO[bytes], path: str) -> bool:
+    """The open input and the file at path are one file (--failed-out must not truncate it)."""
+    try:
+        here, there = os.fstat(binary.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter, *, path: str,
              fmt: str, window: int, rate: float | None, strict: bool, failed_out: str | None) -> Exit:
     """post --file: every row posted and accounted for, with a summary at the end."""
-    import io
-
+    binary, pipe = open_input(path)
+    header: list[str] = []
+    failed = None
     try:
-        # stdin through a file object of its own: the reader thread may still be
-        # blocked in it at exit, and Python's shutdown would fail on sys.stdin's lock.
-        binary = os.fdopen(os.dup(sys.stdin.fileno()), "rb") if path == "-" else open(path, "rb")
-    except OSError as exc:
-        raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
-    text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
-    bulk = Bulk(spec, refresh, window, rate, strict, reporter, failed_out, fmt)
-    rows = jsonl_rows(text) if fmt == "jsonl" else csv_rows(text, bulk.header)
-    started = time.monotonic()
-    progress = progress_bar(reporter, path)
-    try:
-        with Session(settings, BulkReporter(reporter, bulk), recover=True,
-                     ack_timeout=spec.ack_timeout) as session:
-            session.on_other = bulk.take
-            bulk.session = session
+        if failed_out is not None:
+            if same_file(binary, failed_out):
+                raise UsageProblem(f"--failed-out {failed_out} is the input file: it would be emptied "
+                                   "while it is read")
+            failed = FailedRows(failed_out, fmt, header)
+        lines = Lines(binary, pipe)
+        rows = jsonl_rows(lines) if fmt == "jsonl" else csv_rows(lines, header)
+        started = time.monotonic()
+        progress = progress_bar(reporter, path)
+        with Session(settings, reporter, spec=spec, recover=True) as session:
+            bulk = Bulk(session, spec, refresh, window, rate, strict, failed)
+            session.outcome, session.on_other, session.on_late = bulk.on_outcome, bulk.take, bulk.on_late
             session.connect()
-            threading.Thread(target=bulk.feed, args=(rows, session.events), name="input",
-                             daemon=True).start()
-            while not (bulk.ended and not bulk.batch and not bulk.held) and not session.interrupts \
-                    and not bulk.stopped:
-                if bulk.held:
-                    bulk.release_held()
-                event = session.wait(time.monotonic() if bulk.batch else bulk.next_release())
-                if bulk.batch and (event is None or len(bulk.batch) >= bulk.PER_FRAME):
-                    bulk.flush()
+            threading.Thread(target=bulk.feed, args=(rows, session.events), name="input", daemon=True).start()
+            while not (bulk.done or bulk.stopped or session.stopping):
+                bulk.release_held()
+                sending = session.ledger.unsent and session.connected
+                event = session.wait(time.monotonic() if sending else bulk.next_release())
+                if sending and (event is None or len(session.ledger.unsent) >= PER_FRAME):
+                    session.flush()
                     if progress is not None:
                         progress.update(binary.tell() - progress.pos)
-            bulk.batch += bulk.held        # stopping: what was read is still posted
-            bulk.held = []
-            bulk.flush()
+            bulk.stop()
+            session.flush()                      # --strict: the rows before the bad one still go
             session.drain()
-    finally:
+            session.take_queued()                # rows read but not taken: UNSENT
+        bulk.finish()
         if progress is not None:
             progress.render_finish()
-        if bulk.failed_out is not None:
-            bulk.failed_out.close()
-        if path != "-":                  # a blocked reader may still hold the stdin copy
+    finally:
+        if failed is not None:
+            failed.close()
+        if path != "-":                          # a blocked reader may still hold the stdin copy
             binary.close()
     elapsed = time.monotonic() - started
     ledger = session.ledger
-    summary = {"posted": bulk.posted, "acknowledged": ledger.counts.get("ack", 0),
-               "nakked": session.reporter.nak_codes, "errored": ledger.counts.get("error", 0),
-               "timed_out": ledger.counts.get("timeout", 0), "lost": ledger.counts.get("lost", 0),
-               "invalid": bulk.invalid, "unsent": bulk.unsent, "resent": ledger.resent,
-               "elapsed": round(elapsed, 3),
-               "posts_per_second": round(bulk.posted / elapsed) if elapsed else 0}
+    summary = {"lines": bulk.last_line, "posted": bulk.posted, "acknowledged": ledger.counts.get("ack", 0),
+               "nakked": bulk.nak_codes, "errored": ledger.counts.get("error", 0),
+               "timed_out": ledger.counts.get("timeout", 0), "acknowledged_late": ledger.late,
+               "lost": ledger.counts.get("lost", 0), "invalid": bulk.invalid,
+               "unsent": ledger.counts.get("unsent", 0), "resent": ledger.resent,
+               "elapsed": round(elapsed, 3), "posts_per_second": round(bulk.posted / elapsed) if elapsed else 0}
     if reporter.as_json:
         reporter.emit("", {"summary": summary})
     else:
         reporter.notice("bulk: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
-    if bulk.failed_out is not None and bulk.failed_out.count:
-        reporter.notice(f"bulk: {bulk.failed_out.count} failed rows written to {failed_out}")
-    code = ledger.exit_code(interrupted=bool(session.interrupts))
-    if code == Exit.OK and session.interrupts and not bulk.ended:
-        return Exit.INTERRUPTED                  # stopped before the end of the input
-    if code == Exit.OK and bulk.unsent:
-        return Exit.INTERRUPTED if session.interrupts else Exit.CONNECT
-    if code == Exit.OK and (bulk.invalid or bulk.read_error):
-        return Exit.USAGE
-    return code
+    if failed is not None and failed.count:
+        reporter.notice(f"bulk: {failed.count} failed rows written to {failed_out}")
+    return ledger.exit_code(interrupted=session.stopping, complete=bulk.ended and not bulk.unsent,
+                            bad_input=bool(bulk.invalid or bulk.read_error or bulk.stopped))
 
 
 def progress_bar(reporter: Reporter, path: str) -> Any:
@@ -2046,8 +2618,7 @@ class Checklist:
             self._write(self.render(step))
 
     def _write(self, text: str) -> None:
-        self.reporter.out.write(text + "\n")
-        self.reporter.out.flush()
+        self.reporter.line(text)
 
     @staticmethod
     def _ms(start: float) -> float:
@@ -2134,6 +2705,9 @@ def check_upgrade(sock: socket.socket, host: str, port: int, settings: Settings)
             raise ConnectFailed(f"the server refused subprotocol {SUBPROTOCOL}: {words}",
                                 "the port speaks WebSocket but not tr_json2: is it an ADS WebSocket port?")
         hint = "check --path: the ADS's is /WebSocket" if status == 404 else not_ads
+        if 300 <= status < 400:
+            words += f" to {headers.get('location', '(no Location)')} (not followed)"
+            hint = "give the ADS's own host and port (--host, --port, --path)"
         raise ConnectFailed(f"the server answered the WebSocket upgrade on {settings.path} with {words}", hint)
     accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
     if headers.get("upgrade", "").lower() != "websocket" or headers.get("sec-websocket-accept") != accept:
@@ -2200,14 +2774,16 @@ def check_login(session: Session) -> tuple[str, None]:
             f" PingTimeout={attrs.get('PingTimeout')} MaxMsgSize={attrs.get('MaxMsgSize')}", None)
 
 
-OUTCOME_ERRORS = {"nak": Rejected, "error": Rejected, "timeout": Timeout, "lost": ConnectFailed}
+OUTCOME_ERRORS = {"nak": Rejected, "error": Rejected, "timeout": Timeout, "lost": ConnectFailed,
+                  "unsent": ConnectFailed}
 
 
 def check_post(session: Session, spec: PostSpec, refresh: bool, collector: Collector) -> tuple[str, None]:
-    session.post(spec, spec.fields, refresh)
+    session.post(spec.service, spec.ric, spec.fields, refresh, domain=spec.domain)
+    session.flush()
     session.drain()
     if not collector.outcomes:
-        raise KeyboardInterrupt                    # drain returns early only when interrupted
+        raise Stopped("interrupted")              # drain returns early only when interrupted
     outcome = collector.outcomes[-1]
     if outcome.status == "ack":
         return f"{'Refresh' if refresh else 'Update'} {render_fields(spec.fields.items())}: " \
@@ -2218,7 +2794,7 @@ def check_post(session: Session, spec: PostSpec, refresh: bool, collector: Colle
 def check_read_back(session: Session, spec: PostSpec, names: FieldNames | None) -> tuple[str, None]:
     reply, mismatches, checked = read_back(session, spec, names)
     if mismatches:
-        raise Rejected("; ".join(m.render() for m in mismatches), mismatch_hint(session, spec, reply))
+        raise Rejected("; ".join(m.render() for m in mismatches), mismatch_hint(session, reply))
     return f"{render_fields(checked.items())} as posted ({item_state_words(reply.state)})", None
 
 
@@ -2240,7 +2816,7 @@ def run_check(settings: Settings, reporter: Reporter, spec: PostSpec | None, ref
             sock.close()
     collector = Collector(reporter)
     one_host = settings._replace(host=host_port(host, port), retries=0)
-    with Session(one_host, collector, ack_timeout=spec.ack_timeout if spec else 10.0) as session:
+    with Session(one_host, collector, spec=spec) as session:
         checks.step("login", lambda: check_login(session))
         if spec is None:
             checks.skip("post", "give --ric and --field to test a post")
@@ -2252,16 +2828,12 @@ def run_check(settings: Settings, reporter: Reporter, spec: PostSpec | None, ref
 
 
 # =========================================================== configuration
+# The config file's keys are the options that have an environment variable,
+# named as the variable is without its CONTRIBUTE_ prefix, derived from the
+# click parameters themselves so that the two never drift apart.
 
 CONFIG_SECTION = "contribute"
-GLOBAL_KEYS = {"host", "port", "user", "app_id", "position", "path", "tls", "connect_timeout",
-               "retries", "reconnect_min", "reconnect_max", "dictionary", "verbose", "quiet", "json", "sim"}
-SHARED_KEYS = {"service", "domain", "ack_timeout", "post_user_info", "post_user_address", "post_user_id"}
-READ_KEYS = {"service", "domain", "timeout"}
-KEYS_BY_COMMAND = {"post": SHARED_KEYS | {"window", "rate", "on_stream"},
-                   "run": SHARED_KEYS | {"window", "interval", "count", "walk", "resend"},
-                   "get": READ_KEYS, "watch": READ_KEYS, "check": SHARED_KEYS}
-COMMAND_KEYS = set().union(*KEYS_BY_COMMAND.values())
+ENV_PREFIX = "CONTRIBUTE_"
 
 
 class ConfigError(click.ClickException):
@@ -2276,18 +2848,19 @@ def find_config() -> str | None:
     return None
 
 
-def read_config(path: str) -> dict[str, str]:
-    """The [contribute] section of an INI file: `key = value` lines, `;` or `#` comments.
+def read_config(path: str) -> dict[str, tuple[int, str]]:
+    """The [contribute] section of an INI file, as key -> (line number, value): `key = value`
+    lines, `;` or `#` comments, a BOM allowed. A key set twice is an error.
 
     A reader of our own rather than configparser: the file has one flat section,
     and configparser's import alone costs a tenth of a one-shot post's budget.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    values: dict[str, str] = {}
+    values: dict[str, tuple[int, str]] = {}
     section = None
     for number, line in enumerate(lines, 1):
         line = re.split(r"\s[;#]", line, maxsplit=1)[0].strip()
@@ -2304,18 +2877,41 @@ def read_config(path: str) -> dict[str, str]:
         if not sep or section is None:
             raise ConfigError(f"config file {path}:{number}: expected 'key = value' "
                               f"in a [{CONFIG_SECTION}] section")
-        if key not in GLOBAL_KEYS | COMMAND_KEYS:
-            raise ConfigError(f"config file {path}:{number}: unknown key '{key}' in [{CONFIG_SECTION}]")
-        values[key] = value.strip()
+        if key in values:
+            raise ConfigError(f"config file {path}:{number}: key '{key}' is already set on line "
+                              f"{values[key][0]}")
+        values[key] = (number, value.strip())
     return values
 
 
-def load_config(path: str) -> dict[str, Any]:
-    """The click default_map for a config file: global keys, and command keys per command."""
+def config_keys(group: click.Group) -> dict[str, dict[str, click.Parameter]]:
+    """The config keys of the global options ("") and of each command, with their parameters."""
+    def keys(command: click.Command) -> dict[str, click.Parameter]:
+        return {param.envvar[len(ENV_PREFIX):].lower(): param for param in command.params
+                if isinstance(param.envvar, str) and param.envvar.startswith(ENV_PREFIX)
+                and param.envvar != ENV_PREFIX + "CONFIG"}
+    return {"": keys(group), **{name: keys(command) for name, command in group.commands.items()}}
+
+
+def load_config(path: str, group: click.Group) -> dict[str, Any]:
+    """The click default_map for a config file: global keys, and command keys per command.
+    An unknown key, or a value its option would refuse, is an error naming the file and line."""
     values = read_config(path)
-    defaults: dict[str, Any] = {k: v for k, v in values.items() if k in GLOBAL_KEYS}
-    for command, keys in KEYS_BY_COMMAND.items():
-        defaults[command] = {k: v for k, v in values.items() if k in keys}
+    keys = config_keys(group)
+    for key, (number, _) in values.items():
+        if not any(key in command_keys for command_keys in keys.values()):
+            raise ConfigError(f"config file {path}:{number}: unknown key '{key}' in [{CONFIG_SECTION}]")
+    defaults: dict[str, Any] = {}
+    for command, params in keys.items():
+        target = defaults if command == "" else defaults.setdefault(command, {})
+        for key, param in params.items():
+            if key in values:
+                number, value = values[key]
+                try:
+                    param.type.convert(value, param, None)
+                except click.BadParameter as exc:
+                    raise ConfigError(f"config file {path}:{number}: {key} = {value}: {exc.message}") from None
+                target[param.name] = value
     return defaults
 
 
@@ -2324,7 +2920,7 @@ def config_callback(ctx: click.Context, param: click.Parameter, value: str | Non
     if value and not os.path.exists(value):
         raise ConfigError(f"config file {value} not found")
     if path is not None:
-        ctx.default_map = load_config(path)
+        ctx.default_map = load_config(path, ctx.command)
         log.debug("config file: %s", path)
     return path
 
@@ -2344,31 +2940,156 @@ class FieldType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class Finite(click.FloatRange):
+    """A FloatRange that also refuses NaN (it compares false with every bound)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
+def seconds(most: float = MAX_SECONDS) -> Finite:
+    return Finite(0, most, min_open=True)
+
+
+class HostList(click.ParamType):
+    """--host: HOST[:PORT] entries, comma-separated; each one checked before any I/O."""
+    name = "HOST[:PORT],..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            for entry in str(value).split(","):
+                if entry.strip():
+                    parse_host(entry.strip())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+class WebSocketPath(click.ParamType):
+    name = "PATH"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        if not value.startswith("/") or not value.isprintable() or " " in value:
+            self.fail(f"{value!r} is not a path: it starts with / (the ADS's is /WebSocket)", param, ctx)
+        return value
+
+
+def repeated_option(command: click.Command, args: list[str], stop_at_command: bool) -> str | None:
+    """Why args give a single-valued option twice (click would silently keep the last), or None."""
+    options = {opt: param for param in command.params if isinstance(param, click.Option)
+               for opt in param.opts + param.secondary_opts}
+    seen: dict[str, str] = {}
+    i = 0
+    while i < len(args) and args[i] != "--":
+        name, has_value, value = args[i].partition("=")
+        param = options.get(name)
+        if param is None:
+            if stop_at_command and not name.startswith("-"):
+                break                            # the subcommand: its options are its own
+        elif not (param.is_flag or param.count):
+            if not has_value and i + 1 < len(args):
+                i += 1
+                value = args[i]
+            if not param.multiple:
+                if param.name in seen:
+                    return f"{name} is given twice ({seen[param.name]!r}, {value!r}): give it once"
+                seen[param.name] = value
+        i += 1
+    return None
+
+
+class Command(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        problem = repeated_option(self, args, stop_at_command=False)
+        if problem:
+            raise click.UsageError(problem, ctx)
+        return super().parse_args(ctx, args)
+
+
 class Group(click.Group):
-    """Translates ContributeError into one stderr line and the exit status, in one place."""
+    """The CLI's root. Every failure becomes one line on stderr (and a hint) and its exit
+    status in main(), and only there."""
+    command_class = Command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        problem = repeated_option(self, args, stop_at_command=True)
+        if problem:
+            raise click.UsageError(problem, ctx)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ContributeError as exc:
-            click.echo(f"contribute: error: {exc}", err=True)
-            if exc.hint and not (ctx.obj and ctx.obj.get("quiet")):
-                click.echo(f"hint: {exc.hint}", err=True)
-            log.debug("details", exc_info=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("contribute: interrupted", err=True)
-            ctx.exit(Exit.INTERRUPTED)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            exc.quiet = bool(ctx.obj and ctx.obj.get("quiet"))      # for main(): no hint with -q
             raise
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> int:
+        status = self.run(args, prog_name, complete_var, **extra)
+        if standalone_mode:
+            sys.exit(status)
+        return status
+
+    def run(self, args: Any, prog_name: str | None, complete_var: str | None, **extra: Any) -> int:
+        restore = catch_start_signals()
+        try:
+            if sys.stderr is None:               # closed: diagnostics have nowhere to go
+                sys.stderr = open(os.devnull, "w")
+            if sys.stdout is None:
+                raise UsageProblem("stdout is closed: results would have nowhere to go "
+                                   "(redirect it to /dev/null to discard them)")
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra) or 0
+        except ContributeError as exc:
+            error_line(str(exc), None if getattr(exc, "quiet", False) else exc.hint)
+            log.debug("details", exc_info=True)
+            return exc.exit_code
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            see = f" (see '{ctx.command_path} -h')" if isinstance(exc, click.UsageError) and ctx else ""
+            error_line(exc.format_message() + see)
+            return exc.exit_code
+        except (click.Abort, KeyboardInterrupt):
+            error_line("interrupted", prefix="contribute: ")
+            return Exit.INTERRUPTED
         except Exception as exc:
-            click.echo(f"contribute: internal error: {type(exc).__name__}: {exc}", err=True)
+            error_line(f"internal error: {type(exc).__name__}: {exc}", prefix="contribute: ")
             log.debug("traceback", exc_info=True)
-            ctx.exit(Exit.INTERNAL)
+            return Exit.INTERNAL
+        finally:
+            restore()
+
+
+def error_line(message: str, hint: str | None = None, prefix: str = "contribute: error: ") -> None:
+    """An error as one line on stderr (a broken stderr is ignored), then its hint."""
+    try:
+        sys.stderr.write(f"{prefix}{message}\n" + (f"hint: {hint}\n" if hint else ""))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def catch_start_signals() -> Callable[[], None]:
+    """Until a session takes them over: SIGINT and SIGTERM end the command as interrupted (130),
+    without a traceback. Returns what puts the previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    return restore
 
 
 def env(name: str) -> str:
-    return f"CONTRIBUTE_{name.upper()}"
+    return f"{ENV_PREFIX}{name.upper()}"
 
 
 @click.group(cls=Group, epilog=f"Exit codes:\n\n\b\n{EXIT_TABLE}",
@@ -2377,19 +3098,19 @@ def env(name: str) -> str:
 @click.option("--config", metavar="PATH", envvar=env("config"), is_eager=True, expose_value=False,
               callback=config_callback,
               help="INI file with a [contribute] section  [default: ./config.ini, else beside contribute.py]")
-@click.option("--host", metavar="HOST[:PORT],...", envvar=env("host"),
+@click.option("--host", type=HostList(), metavar="HOST[:PORT],...", envvar=env("host"),
               help="ADS host, or a comma-separated list tried in order (failover)")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, envvar=env("port"),
               help="ADS WebSocket port")
-@click.option("--path", default=DEFAULT_PATH, envvar=env("path"), metavar="PATH", help="WebSocket path")
+@click.option("--path", type=WebSocketPath(), default=DEFAULT_PATH, envvar=env("path"), help="WebSocket path")
 @click.option("--tls/--no-tls", default=False, envvar=env("tls"), help="use wss://")
-@click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+@click.option("--connect-timeout", type=seconds(), default=10.0,
               envvar=env("connect_timeout"), metavar="SECONDS", help="limit for connect and login")
 @click.option("--retries", type=click.IntRange(0), default=0, envvar=env("retries"), metavar="N",
               help="more rounds through the host list before giving up on connecting")
-@click.option("--reconnect-min", type=click.FloatRange(0, 0.5, min_open=True), default=0.5,
+@click.option("--reconnect-min", type=seconds(0.5), default=0.5,
               envvar=env("reconnect_min"), metavar="SECONDS", help="first reconnect backoff (doubles)")
-@click.option("--reconnect-max", type=click.FloatRange(0, min_open=True), default=30.0,
+@click.option("--reconnect-max", type=seconds(), default=30.0,
               envvar=env("reconnect_max"), metavar="SECONDS", help="longest reconnect backoff")
 @click.option("--dictionary", metavar="PATH", envvar=env("dictionary"),
               help="RDMFieldDictionary: list read fields in FID order, name posted FIDs")
@@ -2410,10 +3131,25 @@ def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, c
         app_id: str, position: str | None, verbose: int, quiet: bool, as_json: bool, sim: bool) -> None:
     """Contribute data to an ADS (Refinitiv Real-Time) over its WebSocket API."""
     setup_logging(verbose, quiet)
+    if sim and host:
+        sim_beats_host(ctx, host)
     settings = Settings(host, port, user, app_id, position, path, tls, connect_timeout, retries,
                         reconnect_min, max(reconnect_min, reconnect_max))
     ctx.obj = {"settings": settings, "sim": sim, "quiet": quiet, "dictionary": dictionary,
                "reporter": Reporter(sys.stdout, sys.stderr, as_json, quiet)}
+
+
+def sim_beats_host(ctx: click.Context, host: str) -> None:
+    """--sim replaces --host only when it was given more explicitly (a --sim flag over a
+    configured host); otherwise a post meant for a real ADS would silently go to the emulator."""
+    from click.core import ParameterSource
+    sources = {ParameterSource.COMMANDLINE: "the command line", ParameterSource.ENVIRONMENT: "the environment",
+               ParameterSource.DEFAULT_MAP: "the config file"}
+    order = list(sources)
+    sim_from, host_from = ctx.get_parameter_source("sim"), ctx.get_parameter_source("host")
+    if order.index(host_from) <= order.index(sim_from):
+        raise UsageProblem(f"--sim (from {sources[sim_from]}) would post to the built-in emulator, not to "
+                           f"--host {host} (from {sources[host_from]}): drop one of them")
 
 
 def names_of(ctx: click.Context) -> FieldNames | None:
@@ -2434,6 +3170,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("contribute: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False
+    logging.raiseExceptions = False          # a broken stderr is not worth a report on stderr
     log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else
                  logging.ERROR if quiet else logging.WARNING)
 
@@ -2451,8 +3188,8 @@ def start_sim(ctx: click.Context, settings: Settings) -> Settings:
             raise click.ClickException(f"the built-in emulator failed: {exc}") from None
 
     ctx.call_on_close(stop)
-    click.echo(f"contribute: --sim: using the built-in ADS emulator at {emulator.url}, "
-               "not a real ADS", err=True)
+    ctx.obj["reporter"].say(f"contribute: --sim: using the built-in ADS emulator at {emulator.url}, "
+                            "not a real ADS")
     return settings._replace(host=f"127.0.0.1:{emulator.port}", path=ads_emulator.WS_PATH, tls=False)
 
 
@@ -2467,7 +3204,7 @@ def post_options(required: bool = True) -> Callable[[Callable], Callable]:
                      help=f"a field: NAME=VALUE (typed), NAME= (blank) or NAME:=JSON; repeatable{mark}"),
         click.option("--domain", default="MarketPrice", envvar=env("domain"), metavar="DOMAIN",
                      help="message domain"),
-        click.option("--ack-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+        click.option("--ack-timeout", type=seconds(), default=10.0,
                      envvar=env("ack_timeout"), metavar="SECONDS", help="how long to wait for each Ack"),
         click.option("--post-user-info/--no-post-user-info", default=True, envvar=env("post_user_info"),
                      help="send PostUserInfo (address and user id) with each post"),
@@ -2513,7 +3250,7 @@ def read_options(command: Callable) -> Callable:
                      help="only this field (a View); repeatable  [default: every field]"),
         click.option("--domain", default="MarketPrice", envvar=env("domain"), metavar="DOMAIN",
                      help="message domain"),
-        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+        click.option("--timeout", type=seconds(), default=10.0,
                      envvar=env("timeout"), metavar="SECONDS", help="how long to wait for the item's reply"),
     ]
     for option in reversed(options):
@@ -2528,11 +3265,12 @@ def read_options(command: Callable) -> Callable:
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]),
               help="input format  [default: by extension; stdin: csv]")
 @click.option("--window", type=click.IntRange(1), default=1000, envvar=env("window"), metavar="N",
-              help="with --file: most posts in flight")
-@click.option("--rate", type=click.FloatRange(0, min_open=True), envvar=env("rate"), metavar="N",
+              help="with --file: most rows read or in flight")
+@click.option("--rate", type=Finite(0.001, 1e9), envvar=env("rate"), metavar="N",
               help="with --file: at most N posts per second")
 @click.option("--strict", is_flag=True, help="with --file: stop at the first malformed row")
-@click.option("--failed-out", metavar="FILE", help="with --file: write failed rows here, in the input's format")
+@click.option("--failed-out", metavar="FILE",
+              help="with --file: write failed and unsent rows here, in the input's format")
 @click.option("--verify", is_flag=True, help="after the Ack, read the item back and compare the fields")
 @click.option("--on-stream", is_flag=True, envvar=env("on_stream"),
               help="open the item's stream and post on it (when off-stream posts are not routed)")
@@ -2559,8 +3297,8 @@ def post(ctx: click.Context, refresh: bool, path: str | None, fmt: str | None, w
 
 @cli.command()
 @post_options()
-@click.option("--refresh/--no-refresh", default=True, help="post a Refresh first")
-@click.option("--interval", type=click.FloatRange(0, min_open=True), default=5.0, envvar=env("interval"),
+@click.option("--refresh/--no-refresh", default=True, help="post a Refresh first (and after a reconnect)")
+@click.option("--interval", type=seconds(), default=5.0, envvar=env("interval"),
               metavar="SECONDS", help="time between Updates")
 @click.option("--count", type=click.IntRange(0), envvar=env("count"), metavar="N",
               help="number of Updates  [default: until interrupted]")
@@ -2636,13 +3374,9 @@ def check(ctx: click.Context, refresh: bool, **options: Any) -> None:
     ctx.exit(run_check(settings_of(ctx), ctx.obj["reporter"], spec, refresh, names_of(ctx)))
 
 
-def main() -> None:
-    try:
-        cli(prog_name="contribute.py")
-    except BrokenPipeError:
-        sys.stderr.close()             # stdout's reader went away: nothing left to say
-        sys.exit(Exit.INTERNAL)
+def main() -> int:
+    return cli.main(prog_name="contribute.py", standalone_mode=False)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

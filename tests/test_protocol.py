@@ -1,12 +1,16 @@
 """The pure layers of contribute.py: message building, classification, fields, ledger, config."""
 from __future__ import annotations
 
+import io
+import json
 import random
 
 import pytest
 
 import contribute
 from conftest import DICTIONARY
+from contribute import (AckBatch, BadRow, Lines, LoginNotice, csv_rows, decode,
+                        jsonl_rows, load_config, pack, parse_host)
 from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger,
                         LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
                         ProtocolViolation, ServerError, UsageProblem, build_close, build_login,
@@ -87,8 +91,9 @@ def test_classify_error_finds_the_offending_post():
 
 def test_classify_ping_and_others():
     assert isinstance(classify({"Type": "Ping"}), PingReceived)
-    assert isinstance(classify({"ID": 1, "Type": "Status", "Domain": "Login",
-                                "State": {"Stream": "Open", "Data": "Ok"}}), Other)
+    assert classify({"ID": 1, "Type": "Status", "Domain": "Login",
+                     "State": {"Stream": "Open", "Data": "Suspect", "Text": "busy"}}) == \
+        LoginNotice("Open", "Suspect", "None", "busy")
     assert isinstance(classify({"ID": 2, "Type": "Generic", "Domain": "Contribution"}), Other)
     with pytest.raises(ProtocolViolation):
         classify(["not", "an", "object"])
@@ -208,18 +213,25 @@ def test_walk_moves_numbers_only():
 
 # ------------------------------------------------------------------ ledger
 
+def make(ledger: Ledger, ric: str, deadline: float) -> int:
+    post_id = ledger.new_id()
+    ledger.add(post_id, "S", ric, deadline, build_post(post_id, "S", ric, {"BID": 1}))
+    return post_id
+
+
 def test_ledger_ids_resolve_and_exit_codes():
     ledger = Ledger()
-    a, b = ledger.add("S", "A", 10.0), ledger.add("S", "B", 11.0)
+    a, b = make(ledger, "A", 10.0), make(ledger, "B", 11.0)
     assert (a, b) == (1, 2)
     assert ledger.resolve(a, "ack").render() == "ACK S A post 1"
     assert ledger.resolve(a, "ack") is None                  # already ended
     assert ledger.resolve("junk", "ack") is None
+    assert ledger.resolve(True, "ack") is None               # AckID true is not PostID 1
     assert ledger.exit_code() == Exit.OK
     nak = ledger.resolve(b, "nak", "AccessDenied", "no")
     assert nak.render() == 'NAK S B post 2 AccessDenied "no"'
     assert nak.data() == {"status": "nak", "service": "S", "ric": "B", "post_id": 2,
-                                         "nak_code": "AccessDenied", "text": "no"}
+                          "nak_code": "AccessDenied", "text": "no"}
     assert ledger.exit_code() == Exit.REJECTED
     assert ledger.exit_code(interrupted=True) == Exit.INTERRUPTED
 
@@ -227,22 +239,177 @@ def test_ledger_ids_resolve_and_exit_codes():
 def test_ledger_expires_in_deadline_order():
     ledger = Ledger()
     for i in range(3):
-        ledger.add("S", f"R{i}", 10.0 + i)
+        make(ledger, f"R{i}", 10.0 + i)
     assert ledger.next_deadline() == 10.0
     assert [o.ric for o in ledger.expire(11.0)] == ["R0", "R1"]
     assert ledger.next_deadline() == 12.0
     assert ledger.exit_code() == Exit.TIMEOUT
-    assert [o.status for o in ledger.fail_all("lost", "gone")] == ["lost"]
+    assert [o.status for o in ledger.fail_all("gone")] == ["unsent"]     # R2 was never sent
     assert not ledger.pending and ledger.next_deadline() is None
     assert ledger.summary().startswith("3 posts: 0 acknowledged")
+
+
+def test_ledger_sent_unsent_and_resends_keep_ids_and_deadlines():
+    ledger = Ledger()
+    a, b = make(ledger, "A", 10.0), make(ledger, "B", 11.0)
+    assert [m["PostID"] for m in ledger.take_unsent()] == [a, b] and not ledger.unsent
+    c = make(ledger, "C", 12.0)
+    ledger.new_connection()                                  # everything pending goes again
+    assert list(ledger.unsent) == [a, b, c] and ledger.resent == 2
+    assert [p.deadline for p in ledger.pending.values()] == [10.0, 11.0, 12.0]
+    ledger.take_unsent()
+    d = make(ledger, "D", 13.0)
+    outcomes = ledger.fail_all("gone")
+    assert [(o.post_id, o.status) for o in outcomes] == [(d, "unsent"), (a, "lost"), (b, "lost"), (c, "lost")]
+    assert outcomes[0].text == "never sent: gone"
+    assert ledger.exit_code() == Exit.CONNECT
+
+
+def test_ledger_recognises_a_late_ack_once():
+    ledger = Ledger()
+    a = make(ledger, "A", 1.0)
+    assert [o.status for o in ledger.expire(2.0)] == ["timeout"]
+    assert ledger.late_ack(a) and not ledger.late_ack(a) and not ledger.late_ack(99)
+    assert ledger.late == 1 and ledger.exit_code() == Exit.TIMEOUT    # TIMEOUT was printed: it stands
+
+
+@pytest.mark.parametrize("counts,flags,code", [
+    ({"ack": 3}, {}, Exit.OK),
+    ({"ack": 3}, {"interrupted": True}, Exit.OK),                       # run stopped, all acked
+    ({"ack": 3}, {"interrupted": True, "complete": False}, Exit.INTERRUPTED),   # feed cut short
+    ({"ack": 2, "lost": 1}, {"interrupted": True}, Exit.INTERRUPTED),
+    ({"nak": 1, "timeout": 1}, {}, Exit.REJECTED),
+    ({"timeout": 1, "lost": 1}, {}, Exit.TIMEOUT),
+    ({"unsent": 1}, {}, Exit.CONNECT),
+    ({"ack": 1, "unsent": 2}, {"bad_input": True}, Exit.USAGE),        # --strict left rows unsent
+    ({"ack": 1}, {"bad_input": True}, Exit.USAGE),
+])
+def test_one_exit_rule(counts, flags, code):
+    ledger = Ledger()
+    ledger.counts = dict(counts)
+    assert ledger.exit_code(**flags) == code
+
+
+# ----------------------------------------------------------------- framing
+
+def test_pack_splits_by_count_and_bytes_and_refuses_what_cannot_go():
+    posts = [build_post(i, "S", "R", {"GEN_TEXT16": "x" * 400}) for i in range(1, 251)]   # ~540 bytes each
+    frames = list(pack(posts, 61430))
+    assert [len(f.messages) for f in frames] == [100, 100, 50]         # PER_FRAME, then bytes fit
+    assert all(f.text and len(f.text) <= 61430 for f in frames)
+    assert json.loads(frames[0].text)[0]["PostID"] == 1
+    small = list(pack(posts[:10], 3000))
+    assert sum(len(f.messages) for f in small) == 10 and all(len(f.text) <= 3000 for f in small)
+    one = list(pack(posts[:1], 61430))
+    assert json.loads(one[0].text)["PostID"] == 1                       # a lone message: an object
+    odd = [build_post(1, "S", "R", {"BID": 1.0}), build_post(2, "S", "R", {"BID": float("inf")}),
+           build_post(3, "S", "R", {"GEN_TEXT16": "y" * 70000})]
+    frames = list(pack(odd, 61430))
+    assert [(f.messages[0]["PostID"], f.text is None) for f in frames] == [(1, False), (2, True), (3, True)]
+    assert "finite" in frames[1].problem and "MaxMsgSize" in frames[2].problem
+
+
+def test_decode_batches_plain_acks_and_keeps_order():
+    frame = json.dumps([{"ID": 1, "Type": "Ack", "AckID": 1}, {"ID": 1, "Type": "Ack", "AckID": 2},
+                        {"ID": 1, "Type": "Ack", "AckID": 3, "NakCode": "AccessDenied"},
+                        {"ID": 1, "Type": "Ack", "AckID": 4, "NakCode": "DeniedBySrc", "Text": "x"},
+                        {"Type": "Ping"}, {"ID": 1, "Type": "Ack", "AckID": 5}])
+    assert decode(frame) == [AckBatch([1, 2]), Nakked(3, "AccessDenied", ""), Nakked(4, "DeniedBySrc", "x"),
+                             PingReceived(), AckBatch([5])]
+    assert decode(b"") == []
+    with pytest.raises(ProtocolViolation):
+        decode("not json")
+
+
+def test_login_refresh_oddities_are_survived():
+    suspect = classify({"ID": 1, "Type": "Refresh", "Domain": "Login",
+                        "State": {"Stream": "Open", "Data": "Suspect", "Text": "degraded"},
+                        "Elements": {"PingTimeout": "20", "MaxMsgSize": "lots"}})
+    assert isinstance(suspect, LoginAccepted) and suspect.data == "Suspect"
+    assert suspect.ping_timeout == 20 and suspect.max_msg_size == 61430
+    stateless = classify({"ID": 1, "Type": "Refresh", "Domain": "Login"})
+    assert isinstance(stateless, LoginAccepted) and not stateless.stated
+    assert isinstance(classify({"ID": 1, "Type": "Refresh", "Domain": "Login",
+                                "State": {"Stream": "Closed", "Data": "Suspect"}}), LoginDenied)
+
+
+# ------------------------------------------------------------------ input
+
+def lines_of(data: bytes, pipe: bool = False) -> tuple[list[str], list]:
+    lines = Lines(io.BytesIO(data), pipe)
+    return list(lines), list(lines.problems)
+
+
+def test_lines_isolate_bad_lines_and_keep_the_count():
+    texts, problems = lines_of(b"\xef\xbb\xbfRIC,BID\nA,1\nB\xe9,2\nC,3\n")
+    assert texts == ["RIC,BID\n", "A,1\n", "\n", "C,3\n"]
+    assert problems == [(3, "not UTF-8: byte 0xe9 at byte 2 of the line")]
+    assert lines_of(b"A,1\nB,1", pipe=False)[0] == ["A,1\n", "B,1"]        # a file's last line is posted
+    texts, problems = lines_of(b"A,1\nB,1", pipe=True)                    # a pipe's is cut off
+    assert texts == ["A,1\n", "\n"] and problems[0][0] == 2 and "incomplete" in problems[0][1]
+
+
+def test_lines_skip_an_endless_line_in_bounded_memory(monkeypatch):
+    monkeypatch.setattr(contribute, "MAX_LINE", 64)
+    texts, problems = lines_of(b"x" * 1000 + b"\nA,1\n")
+    assert texts == ["\n", "A,1\n"] and problems[0][0] == 1 and "longer than 64 bytes" in problems[0][1]
+
+
+def test_csv_rows_report_bad_cells_and_duplicate_columns():
+    rows = list(csv_rows(Lines(io.BytesIO(b"RIC,BID\nA,1e999\nB,\xd9\xa3\nC,2\n"), False)))
+    assert rows[0] == BadRow(2, "1e999 is beyond the range of a number")
+    assert rows[1].fields == {"BID": "\u0663"}                              # an Arabic-Indic digit: text
+    assert rows[2].fields == {"BID": 2}
+    assert list(csv_rows(Lines(io.BytesIO(b"RIC,BID,bid\nA,1,2\n"), False))) == \
+        [BadRow(1, "the CSV header has column 'bid' twice")]
+
+
+def test_jsonl_rows_refuse_non_finite_and_deep_values():
+    data = (b'{"ric": "A", "fields": {"BID": NaN}}\n{"ric": "B", "fields": {"BID": 1e999}}\n'
+            + b"[" * 100000 + b"]" * 100000 + b'\n{"ric": "C", "fields": {"BID": 1}}\n')
+    rows = list(jsonl_rows(Lines(io.BytesIO(data), False)))
+    assert [type(r).__name__ for r in rows] == ["BadRow", "BadRow", "BadRow", "Row"]
+    assert "NaN is not JSON" in rows[0].text and "beyond the range" in rows[1].text
+    assert "nested too deeply" in rows[2].text or "not JSON" in rows[2].text
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1:", "ws://h:1", "h/x", "h:1:1", "h:0", "h:x", "[::1", "a b"])
+def test_bad_host_entries_are_named(entry):
+    with pytest.raises(ValueError) as info:
+        parse_host(entry)
+    assert repr(entry) in str(info.value)
+
+
+def test_good_host_entries():
+    assert [parse_host(e) for e in ("ads1", "ads1:15001", "10.0.0.1:1", "[::1]:2", "::1")] == [
+        ("ads1", None), ("ads1", 15001), ("10.0.0.1", 1), ("::1", 2), ("::1", None)]
+
+
+def test_walk_keeps_sign_and_scale():
+    rng = random.Random(2)
+    for _ in range(200):
+        moved = walk({"A": -5, "B": 0.0005, "C": 1, "D": 0}, rng)
+        assert -6 <= moved["A"] <= -4 and abs(moved["B"] - 0.0005) <= 0.0005 * 0.0011
+        assert moved["C"] in (1, 2) and moved["D"] == 0
 
 
 # ------------------------------------------------------------------ config
 
 def test_read_config(tmp_path):
     path = tmp_path / "c.ini"
-    path.write_text("; comment\n[contribute]\nhost = ads1   ; inline\nPort=15001\n# more\nservice = CACHE\n")
-    assert read_config(str(path)) == {"host": "ads1", "port": "15001", "service": "CACHE"}
+    path.write_text("\ufeff; comment\n[contribute]\nhost = ads1   ; inline\nPort=15001\n# more\nservice = CACHE\n",
+                    encoding="utf-8")                       # with a BOM, as Notepad saves it
+    assert read_config(str(path)) == {"host": (3, "ads1"), "port": (4, "15001"), "service": (6, "CACHE")}
+    assert load_config(str(path), contribute.cli) == {
+        "host": "ads1", "port": "15001", "post": {"service": "CACHE"}, "run": {"service": "CACHE"},
+        "login": {}, "get": {"service": "CACHE"}, "watch": {"service": "CACHE"}, "check": {"service": "CACHE"}}
+
+
+def test_config_keys_are_the_options_with_an_environment_variable():
+    keys = contribute.config_keys(contribute.cli)
+    assert keys[""]["json"].name == "as_json"               # `json = yes` reaches --json
+    assert set(keys["post"]) >= {"service", "ack_timeout", "window", "rate", "on_stream"}
+    assert "ric" not in keys["post"] and "config" not in keys[""]
 
 
 @pytest.mark.parametrize("text,words", [
@@ -250,12 +417,16 @@ def test_read_config(tmp_path):
     ("[other]\nhost = x\n", ["unknown section [other]"]),
     ("host = x\n", ["expected 'key = value'"]),
     ("[contribute]\njust words\n", ["expected 'key = value'"]),
+    ("[contribute]\nport = 1\nport = 2\n", ["key 'port' is already set on line 2", ":3"]),
+    ("[contribute]\nport = abc\n", ["port = abc", ":2"]),
+    ("[contribute]\nack_timeout = nan\n", ["ack_timeout = nan", "not a number"]),
+    ("[contribute]\nhost = ws://x:1\n", ["host = ws://x:1", "not HOST"]),
 ])
 def test_read_config_errors_name_the_file_and_key(tmp_path, text, words):
     path = tmp_path / "c.ini"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        read_config(str(path))
+        load_config(str(path), contribute.cli)
     assert str(path) in info.value.message
     for word in words:
         assert word in info.value.message
@@ -263,4 +434,5 @@ def test_read_config_errors_name_the_file_and_key(tmp_path, text, words):
 
 def test_shipped_config_is_valid_and_sets_the_service():
     values = read_config(str(contribute.find_config()))
-    assert values == {"service": "NIPROV"}
+    assert {k: v for k, (_, v) in values.items()} == {"service": "NIPROV"}
+    load_config(str(contribute.find_config()), contribute.cli)

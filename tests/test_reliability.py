@@ -32,6 +32,13 @@ def start(host: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
+def run_cli(host: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = args_for(15000, *args)             # the port is a placeholder: host entries carry theirs
+    cmd[cmd.index("--host") + 1] = host
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV,
+                          stdin=subprocess.DEVNULL)
+
+
 def stop(proc: subprocess.Popen) -> tuple[str, str]:
     try:
         proc.send_signal(signal.SIGINT)
@@ -156,14 +163,14 @@ def test_no_resend_reports_in_flight_posts_as_lost():
 
 def test_post_fails_over_to_the_next_host():
     with Emulator() as emu:
-        result = contribute(15000, "--host", hosts(free_port(), emu.port), "post", "--service", "NIPROV",
-                            "--ric", "UMER.TST", "--field", "BID=1")
+        result = run_cli(hosts(free_port(), emu.port), "post", "--service", "NIPROV",
+                         "--ric", "UMER.TST", "--field", "BID=1")
     assert result.returncode == 0 and result.stdout == "ACK NIPROV UMER.TST post 1\n"
 
 
 def test_post_names_every_host_when_all_fail():
     dead = [free_port(), free_port()]
-    result = contribute(15000, *FAST, "--host", hosts(*dead), "--retries", "1", "login")
+    result = run_cli(hosts(*dead), *FAST, "--retries", "1", "login")
     assert result.returncode == 3
     for port in dead:
         assert result.stderr.count(f"127.0.0.1:{port} (nothing is listening") == 2   # two rounds
@@ -179,14 +186,15 @@ def test_window_holds_posting_until_a_slot_frees():
         out = io.StringIO()
         settings = Settings(f"127.0.0.1:{emu.port}", user="tester")
         spec = PostSpec("NIPROV", "UMER.TST", {"BID": 1.0}, ack_timeout=0.2)
-        with Session(settings, Reporter(out, io.StringIO()), window=2) as session:
+        with Session(settings, Reporter(out, io.StringIO()), spec=spec, window=2) as session:
             session.connect()
-            session.post(spec, spec.fields, refresh=False)
-            session.post(spec, spec.fields, refresh=False)
-            assert not out.getvalue()
-            session.post(spec, spec.fields, refresh=False)      # waits: the window is full
-            assert session.ledger.counts["timeout"] >= 1        # until one of the first two timed out
-            assert len(session.ledger.pending) <= 2
+            for _ in range(3):
+                while session.window_full():                    # the third waits for a free slot
+                    session.wait(None)
+                session.post("NIPROV", "UMER.TST", spec.fields, refresh=False)
+                session.flush()
+                assert len(session.ledger.pending) <= 2
+            assert session.ledger.counts["timeout"] >= 1        # one of the first two timed out first
             session.drain()
     assert out.getvalue().count("TIMEOUT") == 3
 
@@ -195,14 +203,15 @@ def test_acks_withheld_for_some_rics_only_those_time_out():
     with Emulator(faults=Faults(no_ack_rics=["SILENT.*"])) as emu:
         out = io.StringIO()
         settings = Settings(f"127.0.0.1:{emu.port}", user="tester")
-        with Session(settings, Reporter(out, io.StringIO())) as session:
+        spec = PostSpec("NIPROV", "", {}, ack_timeout=0.3)
+        with Session(settings, Reporter(out, io.StringIO()), spec=spec) as session:
             session.connect()
             for ric in ("SILENT.A", "LOUD.A", "SILENT.B", "LOUD.B"):
-                spec = PostSpec("NIPROV", ric, {"BID": 1.0}, ack_timeout=0.3)
-                session.post(spec, spec.fields, refresh=True)
+                session.post("NIPROV", ric, {"BID": 1.0}, refresh=True)
+            session.flush()
             session.drain()
         assert session.ledger.counts == {"ack": 2, "timeout": 2}
-        assert int(session.ledger.exit_code()) == 6
+        assert session.ledger.exit_code() == 6
     lines = sorted(out.getvalue().splitlines())
     assert [line.split()[:3] for line in lines] == [
         ["ACK", "NIPROV", "LOUD.A"], ["ACK", "NIPROV", "LOUD.B"],
