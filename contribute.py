@@ -2326,6 +2326,8 @@ class Bulk:
             self.ended, self.read_error = True, item.error
             if item.error:
                 log.error("input: %s after line %d", item.error, self.last_line)
+            else:
+                log.info("input: every line read (%d)", self.last_line)
 
     def reject(self, line: int, text: str) -> None:
         self.invalid += 1
@@ -3020,9 +3022,17 @@ class Group(click.Group):
             raise click.UsageError(problem, ctx)
         return super().parse_args(ctx, args)
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:                # before click makes it an Abort (and a blank line)
+            raise Stopped("interrupted") from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Stopped("interrupted") from None
         except ContributeError as exc:
             exc.quiet = bool(ctx.obj and ctx.obj.get("quiet"))      # for main(): no hint with -q
             raise
@@ -3043,6 +3053,9 @@ class Group(click.Group):
                 raise UsageProblem("stdout is closed: results would have nowhere to go "
                                    "(redirect it to /dev/null to discard them)")
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra) or 0
+        except Stopped as exc:
+            error_line(str(exc), prefix="contribute: ")
+            return exc.exit_code
         except ContributeError as exc:
             error_line(str(exc), None if getattr(exc, "quiet", False) else exc.hint)
             log.debug("details", exc_info=True)

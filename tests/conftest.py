@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,84 @@ def serve_in_thread(handler, subprotocols=("tr_json2",)):
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         thread.join(TIMEOUT)
     return loop_box["port"], stop
+
+
+class Running:
+    """A command running as a real process: its stdout and stderr read line by line on threads
+    of their own, so that a test can wait (bounded) for a given line while it runs."""
+
+    def __init__(self, cmd: list[str], env: dict, stdin=None) -> None:
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is None else stdin,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: dict[str, list[str]] = {"out": [], "err": []}
+        self.changed = threading.Condition()
+        self.readers = [threading.Thread(target=self._read, args=(name, stream), daemon=True)
+                        for name, stream in (("out", self.proc.stdout), ("err", self.proc.stderr))]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, name: str, stream) -> None:
+        for line in stream:
+            with self.changed:
+                self.lines[name].append(line.rstrip("\n"))
+                self.changed.notify_all()
+
+    def wait_line(self, name: str, predicate, timeout: float = TIMEOUT) -> str:
+        """The first line of stdout ("out") or stderr ("err") matching predicate, waiting for it."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: any(map(predicate, self.lines[name])), timeout), \
+                f"no such line on {name} within {timeout}s: {self.lines}"
+            return next(line for line in self.lines[name] if predicate(line))
+
+    def write(self, text: str) -> None:
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = TIMEOUT * 4) -> int:
+        """The exit status, waiting (bounded) for the exit; the process is killed either way."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+            for reader in self.readers:
+                reader.join(TIMEOUT)
+            for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:                  # a stdin pipe whose reader is gone
+                        pass
+
+    @property
+    def out(self) -> str:
+        return "\n".join(self.lines["out"])
+
+    @property
+    def err(self) -> str:
+        return "\n".join(self.lines["err"])
+
+
+def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """For the few states nothing announces (the kernel's socket queues): check, bounded, every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout}s"
+        time.sleep(0.02)
+
+
+def unread_bytes_to(port: int) -> int:
+    """The most bytes any established loopback connection to `port` has queued unsent or unread
+    (the sender's tx_queue in /proc/net/tcp): how far a peer has fallen behind reading."""
+    most = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            remote, state, queues = fields[2], fields[3], fields[4]
+            if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                most = max(most, int(queues.split(":")[0], 16))
+    return most

@@ -1,0 +1,717 @@
+"""Issue 10: the promise kept under faults: no hang, no livelock, no silent loss, no internal error.
+
+One test (or more) per numbered item of the issue, named for the promise it guards; the item's
+number ends the name. The real CLI runs as a process against the emulator, or against a small
+misbehaving server, over a real loopback socket. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+import pytest
+
+from ads_emulator import Emulator, Faults, Item, World
+from conftest import TIMEOUT, Client, Running, serve_in_thread, unread_bytes_to, wait_until
+from contribute import ContributeError, Reporter, Session, Settings
+from test_e2e import CONTRIBUTE, ENV, args_for, contribute, post, received
+from test_ops import accept_login, raw_server
+
+FAST = ["--reconnect-min", "0.05", "--reconnect-max", "0.2"]
+
+
+def bulk_args(port: int, *args: str, opts=()) -> list[str]:
+    return args_for(port, *opts, "post", "--service", "NIPROV", *args)
+
+
+def bulk(port: int, *args: str, opts=(), stdin: str | None = None, timeout: float = TIMEOUT * 4):
+    return subprocess.run(bulk_args(port, *args, opts=opts), capture_output=True, text=True, env=ENV,
+                          timeout=timeout, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def parsed(out: str) -> tuple[list[dict], dict]:
+    """--json output: the outcome lines, and the summary."""
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [line for line in lines if "status" in line], next(line["summary"] for line in lines if "summary" in line)
+
+
+def logins(emu: Emulator) -> int:
+    return sum(1 for m in emu.received() if m.get("Domain") == "Login" and m.get("Type", "Request") == "Request")
+
+
+def interrupt_twice(run: Running, sig: signal.Signals) -> None:
+    """Two interrupts, the second once the first was handled (-v logs it): a signal sent while
+    the same one is still pending is merged into it by the kernel."""
+    run.proc.send_signal(sig)
+    run.wait_line("err", lambda line: f"interrupted ({sig.name})" in line)
+    run.proc.send_signal(sig)
+
+
+def csv_file(tmp_path, rows: list[str], name: str = "rows.csv"):
+    path = tmp_path / name
+    path.write_text("RIC,BID\n" + "".join(f"{row}\n" for row in rows))
+    return path
+
+
+# ------------------------------------------------------------ hangs and livelocks
+
+def test_a_peer_that_stops_reading_cannot_hang_the_tool_1(tmp_path):
+    """20 MB of posts to an ADS that reads nothing after the login: sending stalls in the kernel,
+    and still SIGTERM stops the tool (the second one ends the wait for Acks); every row read before
+    the stop is accounted for, and the summary says how far the input was read."""
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,GEN_TEXT16\n" + "".join(f"R{i},{'x' * 20000}\n" for i in range(1000)))
+    with Emulator(faults=Faults(hang_after_login=True)) as emu:
+        run = Running(bulk_args(emu.port, "--file", str(path), "--ack-timeout", "60", opts=["--json", "-v"]),
+                      ENV, stdin=subprocess.DEVNULL)
+        wait_until(lambda: unread_bytes_to(emu.port) > 1_000_000, what="the ADS falling behind")
+        interrupt_twice(run, signal.SIGTERM)
+        code = run.finish(TIMEOUT * 2)
+    assert code == 130, run.err
+    outcomes, summary = parsed(run.out)
+    rows = summary["lines"] - 1                                       # read before the stop, after the header
+    assert 0 < rows <= 1000 and summary["acknowledged"] == 0 and summary["lost"] + summary["unsent"] == rows
+    assert len(outcomes) == rows and {o["status"] for o in outcomes} <= {"lost", "unsent"}
+
+
+def test_a_post_that_keeps_failing_is_not_resent_forever_2():
+    """An ADS that drops the connection at every post: each post is resent only within its ack
+    timeout (the deadline is set once), then ends TIMEOUT."""
+    with Emulator(faults=Faults(drop_after_posts=1)) as emu:
+        result = contribute(emu.port, *FAST, "run", "--service", "NIPROV", "--ric", "UMER.TST", "--field",
+                            "BID=1", "--no-refresh", "--interval", "0.01", "--count", "2", "--ack-timeout", "1")
+        applied = Counter(m["PostID"] for m in received(emu, "Post"))
+    assert result.returncode == 6, result.stderr[-1000:]
+    assert result.stdout.splitlines() == [f'TIMEOUT NIPROV UMER.TST post {i} "no ack within the ack timeout"'
+                                          for i in (1, 2)]
+    assert applied[1] > 1 and set(applied) <= {1, 2}                  # resent, but not forever
+
+
+def test_a_hung_ads_ends_posts_as_timeout_not_endless_reconnects_2(tmp_path):
+    """A hung ADS announcing PingTimeout 1: the tool reconnects, and its posts still end at their
+    ack deadline."""
+    path = csv_file(tmp_path, [f"UMER.TST,{i}" for i in range(20)])
+    with Emulator(faults=Faults(hang_after_login=True), ping_timeout=1) as emu:
+        result = bulk(emu.port, "--file", str(path), "--ack-timeout", "2", opts=FAST)
+        assert logins(emu) >= 2                                       # it did reconnect
+    assert result.returncode == 6, result.stderr[-1000:]
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["TIMEOUT"] * 20
+
+
+@pytest.mark.parametrize("args,env", [
+    (["post", "--ric", "X", "--field", "BID=1", "--ack-timeout", "nan"], {}),
+    (["run", "--ric", "X", "--field", "BID=1", "--interval", "nan"], {}),
+    (["post", "--file", "-", "--rate", "nan"], {}),
+    (["post", "--ric", "X", "--field", "BID=1"], {"CONTRIBUTE_ACK_TIMEOUT": "nan"}),
+    (["--connect-timeout", "inf", "login"], {}),
+    (["--connect-timeout", "1e10", "login"], {}),
+    (["--connect-timeout", "nan", "login"], {}),
+    (["get", "--ric", "X", "--timeout", "nan"], {}),
+])
+def test_options_in_seconds_refuse_nan_and_infinity_3(emu, args, env):
+    if args[0] in ("post", "run", "get"):
+        args = [args[0], "--service", "NIPROV", *args[1:]]
+    result = subprocess.run(args_for(emu.port, *args), capture_output=True, text=True, timeout=TIMEOUT * 4,
+                            env={**ENV, **env}, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not emu.logged_in.is_set()
+
+
+def test_failed_connection_attempts_leave_no_thread_or_descriptor_behind_4():
+    """A host that accepts TCP but never answers the upgrade: each failed attempt's reader thread
+    and socket end with the attempt, while the host still holds its side open."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    before = set(threading.enumerate())
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        settings = Settings(f"127.0.0.1:{listener.getsockname()[1]}", user="tester", connect_timeout=0.3)
+        for _ in range(5):
+            with Session(settings, Reporter(io.StringIO(), io.StringIO())) as session:
+                with pytest.raises(ContributeError):
+                    session.connect()
+        for thread in set(threading.enumerate()) - before:
+            thread.join(TIMEOUT)
+        assert set(threading.enumerate()) <= before
+        assert len(held) == 5 and len(os.listdir("/proc/self/fd")) == fds + len(held)   # ours all closed
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+        acceptor.join(TIMEOUT)
+
+
+# ------------------------------------------------------------ silent or hidden loss
+
+def test_failed_out_naming_the_input_is_refused_and_the_input_kept_5(emu, tmp_path):
+    path = csv_file(tmp_path, ["UMER.TST,1"] * 10)
+    text = path.read_text()
+    result = bulk(emu.port, "--file", str(path), "--failed-out", str(path))
+    assert result.returncode == 2 and "is the input file" in result.stderr
+    with open(path) as stdin:                                   # the same file, as stdin
+        result = subprocess.run(bulk_args(emu.port, "--file", "-", "--failed-out", str(path)), stdin=stdin,
+                                capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == 2 and "is the input file" in result.stderr
+    assert path.read_text() == text and not emu.logged_in.is_set()
+
+
+def test_a_configured_sim_does_not_override_an_explicit_host_6(emu, tmp_path):
+    config = tmp_path / "config.ini"
+    config.write_text("[contribute]\nsim = yes\nservice = NIPROV\n")
+    cmd = [sys.executable, CONTRIBUTE, "--config", str(config), "--host", f"127.0.0.1:{emu.port}",
+           "--user", "tester", "post", "--ric", "UMER.TST", "--field", "BID=5"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == 2 and "--sim (from the config file)" in result.stderr
+    assert "ACK" not in result.stdout and not emu.logged_in.is_set()
+    config.write_text("[contribute]\nhost = 127.0.0.1:1\nservice = NIPROV\n")    # a --sim flag wins
+    cmd = [sys.executable, CONTRIBUTE, "--config", str(config), "--sim", "post", "--ric", "UMER.TST",
+           "--field", "BID=5"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == 0 and result.stdout == "ACK NIPROV UMER.TST post 1\n", result.stderr
+
+
+def test_a_line_that_is_not_utf8_costs_that_line_only_7(emu, tmp_path):
+    lines = ("RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(1000))).encode().split(b"\n")
+    lines[701] = b"UMER.TST,caf\xe9"                            # a cp1252 e-acute on line 702
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"\n".join(lines))
+    result = bulk(emu.port, "--file", str(path), opts=["--json"])
+    outcomes, summary = parsed(result.stdout)
+    assert result.returncode == 2
+    assert outcomes == [{"status": "invalid", "line": 702, "text": "not UTF-8: byte 0xe9 at byte 13 of the line"}]
+    assert summary["acknowledged"] == 999 and summary["lines"] == 1001
+
+
+def test_an_oversized_csv_field_or_a_deep_json_line_costs_that_line_only_7(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,GEN_TEXT16\n" + "UMER.TST,a\n" * 3 + f"UMER.TST,{'z' * 200000}\n" + "UMER.TST,b\n" * 3)
+    result = bulk(emu.port, "--file", str(path), opts=["--json"])
+    outcomes, summary = parsed(result.stdout)
+    assert [(o["status"], o["line"]) for o in outcomes] == [("invalid", 5)] and "field larger" in outcomes[0]["text"]
+    assert summary["acknowledged"] == 6 and result.returncode == 2
+    path = tmp_path / "rows.jsonl"
+    row = '{"ric": "UMER.TST", "fields": {"BID": 1}}\n'
+    path.write_text(row * 2 + "[" * 100000 + "]" * 100000 + "\n" + row * 2)
+    result = bulk(emu.port, "--file", str(path), opts=["--json"])
+    outcomes, summary = parsed(result.stdout)
+    assert [(o["status"], o["line"]) for o in outcomes] == [("invalid", 3)]
+    assert summary["acknowledged"] == 4 and result.returncode == 2
+
+
+def test_rows_read_but_unsent_at_an_interrupt_go_to_failed_out_8(tmp_path):
+    """Interrupted while reconnecting to an ADS that went away: rows read meanwhile are reported
+    UNSENT and written to --failed-out, so that they can be posted again."""
+    failed = tmp_path / "failed.csv"
+    emu = Emulator().start()
+    try:
+        run = Running(bulk_args(emu.port, "--file", "-", "--ack-timeout", "30", "--failed-out", str(failed),
+                                opts=["-v", *FAST]), ENV)
+        run.write("RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(5)))
+        emu.wait_for(lambda m: m.get("PostID") == 5, TIMEOUT)
+    finally:
+        emu.stop()                                                    # the ADS is gone
+    run.wait_line("err", lambda line: "reconnecting to" in line)
+    run.write("UMER.TST,10\nUMER.TST,11\nUMER.TST,12\n")
+    run.proc.stdin.close()
+    run.wait_line("err", lambda line: "every line read (9)" in line)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 130, run.err
+    assert failed.read_bytes().decode() == "RIC,BID\r\nUMER.TST,10\r\nUMER.TST,11\r\nUMER.TST,12\r\n"
+    assert [line.split()[0] for line in run.lines["out"]] == ["UNSENT"] * 3
+
+
+def test_a_value_beyond_the_range_of_a_number_costs_its_row_only_9(emu, tmp_path):
+    rows = [f"UMER.TST,{i}" for i in range(300)]
+    rows[149] = "UMER.TST,1e999"
+    result = bulk(emu.port, "--file", str(csv_file(tmp_path, rows)), opts=["--json"])
+    outcomes, summary = parsed(result.stdout)
+    assert outcomes == [{"status": "invalid", "line": 151, "text": "1e999 is beyond the range of a number"}]
+    assert summary["acknowledged"] == 299 and result.returncode == 2
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"ric": "UMER.TST", "fields": {"BID": 1}}\n{"ric": "UMER.TST", "fields": {"BID": NaN}}\n'
+                    '{"ric": "UMER.TST", "fields": {"BID": 2}}\n')
+    result = bulk(emu.port, "--file", str(path), opts=["--json"])
+    outcomes, summary = parsed(result.stdout)
+    assert [(o["status"], o["line"]) for o in outcomes] == [("invalid", 2)] and summary["acknowledged"] == 2
+    result = post(emu, fields=("BID=1e999",))
+    assert result.returncode == 2 and "beyond the range" in result.stderr and logins(emu) == 2
+
+
+def test_run_creates_its_item_again_on_an_ads_that_restarted_10():
+    first = Emulator().start()
+    port = first.port
+    run = Running(args_for(port, *FAST, "run", "--service", "NIPROV", "--ric", "NEW.RUN", "--field",
+                           "BID=1.5", "--interval", "0.02"), ENV, stdin=subprocess.DEVNULL)
+    try:
+        first.wait_for(lambda m: m.get("PostID") == 3, TIMEOUT)
+    finally:
+        first.stop()                                         # its cache goes with it
+    with Emulator(port=port) as second:
+        second.wait_for(lambda m: m.get("Type") == "Post" and m["Message"]["Type"] == "Refresh", TIMEOUT * 2)
+        second.wait_for(lambda m: m.get("Type") == "Post" and m["Message"]["Type"] == "Update", TIMEOUT)
+        run.proc.send_signal(signal.SIGINT)
+        code = run.finish()
+        assert second.item("NIPROV", "NEW.RUN") == {"BID": 1.5}
+    assert code == 0, run.err
+    assert run.lines["out"] and all(line.startswith("ACK ") for line in run.lines["out"])
+
+
+def test_strict_stops_at_a_row_with_no_service_11(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,SERVICE,BID\nUMER.TST,NIPROV,1\nUMER.TST,,2\nUMER.TST,NIPROV,3\n")
+    result = subprocess.run(args_for(emu.port, "post", "--file", str(path), "--strict"), capture_output=True,
+                            text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == 2
+    assert [p["Message"]["Fields"]["BID"] for p in received(emu, "Post")] == [1]
+    assert 'INVALID line 3 "no service' in result.stdout and "UNSENT NIPROV UMER.TST line 4" in result.stdout
+
+
+# ------------------------------------------------------------ exit codes and internal errors
+
+@pytest.mark.parametrize("where", ["dir", "missing"])
+def test_an_unwritable_failed_out_is_a_usage_error_before_any_post_12(emu, tmp_path, where):
+    target = tmp_path if where == "dir" else tmp_path / "no" / "such" / "failed.csv"
+    result = bulk(emu.port, "--file", str(csv_file(tmp_path, ["UMER.TST,1"])), "--failed-out", str(target))
+    assert result.returncode == 2 and "--failed-out: cannot write" in result.stderr
+    assert "internal error" not in result.stderr and not emu.logged_in.is_set()
+
+
+def test_a_post_interrupted_twice_is_lost_and_exits_130_13():
+    with Emulator(faults=Faults(no_ack_rics=["UMER.TST"])) as emu:
+        run = Running(args_for(emu.port, "-v", "post", "--service", "NIPROV", "--ric", "UMER.TST", "--field",
+                               "BID=1", "--ack-timeout", "30"), ENV, stdin=subprocess.DEVNULL)
+        emu.wait_for(lambda m: m.get("Type") == "Post", TIMEOUT)
+        interrupt_twice(run, signal.SIGINT)
+        assert run.finish() == 130, run.err
+    assert run.lines["out"] == ['LOST NIPROV UMER.TST post 1 "not acknowledged before the session ended"']
+
+
+def test_stdout_closed_by_its_reader_stops_the_run_cleanly_14(emu, tmp_path):
+    path = csv_file(tmp_path, [f"NOPE{i}.TST,1" for i in range(300)])       # every row Nak'd: printed
+    read, write = os.pipe()
+    os.close(read)                                                            # `| head -0`
+    try:
+        result = subprocess.run(bulk_args(emu.port, "--file", str(path)), stdout=write, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, timeout=TIMEOUT * 4, env=ENV)
+    finally:
+        os.close(write)
+    assert result.returncode == 130, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert "bulk: lines" in result.stderr                         # the summary still goes to stderr
+
+
+@pytest.mark.parametrize("closed,args,code,words", [
+    ("<&-", ["--file", "-"], 2, "stdin is closed"),
+    (">&-", ["--ric", "UMER.TST", "--field", "BID=1"], 2, "stdout is closed"),
+    ("2>&-", ["--ric", "NOPE.TST", "--field", "BID=1"], 5, None),
+])
+def test_a_closed_stdin_stdout_or_stderr_is_handled_14(emu, closed, args, code, words):
+    cmd = ["sh", "-c", f'exec "$0" "$@" {closed}', *bulk_args(emu.port, *args)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == code, result.stderr
+    if words:
+        assert words in result.stderr and len(result.stderr.splitlines()) == 1
+    else:
+        assert result.stdout.startswith("NAK NIPROV NOPE.TST post 1 SymbolUnknown")
+
+
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback_14(tmp_path):
+    fifo = tmp_path / "config.ini"
+    os.mkfifo(fifo)                            # reading the config blocks until we write to it
+    run = Running([sys.executable, CONTRIBUTE, "--config", str(fifo), "login"], ENV, stdin=subprocess.DEVNULL)
+    with open(fifo, "w"):                      # opened once the tool has opened it to read
+        run.proc.send_signal(signal.SIGINT)
+        code = run.finish()
+    assert code == 130 and run.lines["err"] == ["contribute: interrupted"]
+
+
+def test_a_login_that_is_only_suspect_is_news_not_a_denial_15():
+    async def suspect_ads(ws):
+        json.loads(await ws.recv())
+        await ws.send(json.dumps([{"ID": 1, "Type": "Refresh", "Domain": "Login", "Key": {"Name": "tester"},
+                                   "State": {"Stream": "Open", "Data": "Suspect", "Text": "one DACS down"},
+                                   "Elements": {"PingTimeout": 30, "MaxMsgSize": 61430}}]))
+        the_post = json.loads(await ws.recv())
+        await ws.send(json.dumps([{"ID": 1, "Type": "Status", "Domain": "Login",
+                                   "State": {"Stream": "Open", "Data": "Suspect", "Text": "DACS link flapping"}},
+                                  {"ID": 1, "Type": "Ack", "AckID": the_post["PostID"]}]))
+        await ws.wait_closed()
+    port, stop = serve_in_thread(suspect_ads)
+    try:
+        result = contribute(port, "post", "--service", "NIPROV", "--ric", "UMER.TST", "--field", "BID=1")
+    finally:
+        stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ACK NIPROV UMER.TST post 1\n"
+    assert 'login accepted with Data Suspect: "one DACS down"' in result.stderr
+    assert 'Open/Suspect None "DACS link flapping" (the session goes on)' in result.stderr
+
+
+def test_one_post_or_request_over_max_msg_size_is_refused_without_a_disconnect_16(emu):
+    result = post(emu, fields=(f"GEN_TEXT16={'y' * 70000}",))
+    assert result.returncode == 5, result.stderr
+    assert result.stdout.startswith('ERROR NIPROV UMER.TST post 1 "the post is larger than the ADS\'s MaxMsgSize')
+    assert logins(emu) == 1 and not received(emu, "Post")
+    result = contribute(emu.port, "get", "--service", "NIPROV", "--ric", "R" * 70000)
+    assert result.returncode == 5 and "larger than the ADS's MaxMsgSize (61430 bytes)" in result.stderr
+    assert logins(emu) == 2 and "connection lost" not in result.stderr
+
+
+def test_a_redirected_upgrade_is_not_followed_17(emu):
+    target = f"ws://127.0.0.1:{emu.port}/WebSocket"
+    port, stop = raw_server(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode())
+    try:
+        result = contribute(port, "post", "--service", "NIPROV", "--ric", "UMER.TST", "--field", "BID=1")
+        checked = contribute(port, "check")
+    finally:
+        stop()
+    assert result.returncode == 3 and "redirected the WebSocket upgrade" in result.stderr
+    assert target in result.stderr and checked.returncode == 3 and target in checked.stdout
+    assert not emu.logged_in.is_set()
+
+
+def test_an_unanswered_upgrade_is_a_timeout_for_post_and_check_alike_17():
+    port, stop = raw_server(None)
+    try:
+        result = contribute(port, "--connect-timeout", "0.5", "post", "--service", "NIPROV", "--ric", "X",
+                            "--field", "BID=1")
+        checked = contribute(port, "--connect-timeout", "0.5", "check")
+    finally:
+        stop()
+    assert (result.returncode, checked.returncode) == (6, 6), result.stderr
+    assert "no answer from 127.0.0.1" in result.stderr
+
+
+# ------------------------------------------------------------ input handling
+
+def test_input_saved_with_a_bom_is_read_18(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_bytes("RIC,BID\nUMER.TST,31\n".encode("utf-8-sig"))        # Excel's "CSV UTF-8"
+    assert bulk(emu.port, "--file", str(path)).returncode == 0
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 31
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes('{"ric": "UMER.TST", "fields": {"BID": 32}}\n'.encode("utf-8-sig"))
+    result = bulk(emu.port, "--file", str(path))
+    assert result.returncode == 0 and "posted 1, acknowledged 1" in result.stderr
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 32
+
+
+def test_a_name_from_the_input_cannot_forge_an_output_line_19(emu, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"ric": "NOPE\nACK NIPROV FORGED post 9", "fields": {"BID": 1}}) + "\n")
+    result = bulk(emu.port, "--file", str(path))
+    assert result.returncode == 5
+    assert result.stdout.splitlines() == [
+        'NAK NIPROV "NOPE\\nACK NIPROV FORGED post 9" post 1 line 1 SymbolUnknown '
+        '"F44: Unable to find item on post update."']
+
+
+def run_measured(cmd: list[str]) -> tuple[int, float, str]:
+    """Exit status, peak memory in MB (the child's own rusage) and stderr of a command."""
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                          text=True, env=ENV) as proc:
+        timer = threading.Timer(TIMEOUT * 4, proc.kill)
+        timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, usage.ru_maxrss / 1024, proc.stderr.read()
+
+
+def test_a_huge_window_and_an_endless_line_keep_memory_flat_20(emu, tmp_path):
+    code, peak, err = run_measured(bulk_args(emu.port, "--file", str(csv_file(tmp_path, ["UMER.TST,1"] * 100)),
+                                             "--window", "100000000"))
+    assert code == 0 and peak < 100, (err, peak)
+    path = tmp_path / "rows.jsonl"
+    with open(path, "wb") as f:                  # 100 MB without a newline (zeros: valid UTF-8)
+        f.truncate(100_000_000)
+        f.seek(100_000_000)
+        f.write(b'\n{"ric": "UMER.TST", "fields": {"BID": 7}}\n')
+    code, peak, err = run_measured(bulk_args(emu.port, "--file", str(path)))
+    assert code == 2 and peak < 100, (err, peak)
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 7
+
+
+def test_a_duplicate_csv_column_is_refused_20(emu, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,BID,ASK,BID\nUMER.TST,1,2,3\n")
+    result = bulk(emu.port, "--file", str(path))
+    assert result.returncode == 2 and "INVALID line 1 \"the CSV header has column 'BID' twice\"" in result.stdout
+    assert not received(emu, "Post")
+
+
+@pytest.mark.parametrize("option", [["--host", "127.0.0.1:"], ["--host", "ws://127.0.0.1:15000"],
+                                    ["--host", "ads1/x"], ["--host", "ads1:15000:1"], ["--path", "WebSocket"]])
+def test_a_malformed_host_or_path_is_a_usage_error_naming_it_20(option):
+    cmd = [sys.executable, CONTRIBUTE, "--config", os.devnull, "--host", "127.0.0.1", *option, "login"]
+    if option[0] == "--host":
+        del cmd[4:6]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == 2 and repr(option[1]) in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text,code,words", [
+    ("\ufeff[contribute]\nservice = NIPROV\n", 0, None),
+    ("[contribute]\nservice = NIPROV\nservice = DIRECT_FEED\n", 2, "key 'service' is already set on line 2"),
+    ("[contribute]\nservice = NIPROV\nport = fifteen\n", 2, "config.ini:3: port = fifteen"),
+])
+def test_config_file_with_a_bom_duplicate_keys_or_a_bad_value_20(emu, tmp_path, text, code, words):
+    config = tmp_path / "config.ini"
+    config.write_text(text, encoding="utf-8")
+    cmd = [sys.executable, CONTRIBUTE, "--config", str(config), "--host", f"127.0.0.1:{emu.port}",
+           "--user", "tester", "post", "--ric", "UMER.TST", "--field", "BID=3"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 4, env=ENV)
+    assert result.returncode == code, result.stderr
+    if words:
+        assert words in result.stderr and str(config) in result.stderr
+
+
+def test_only_ascii_digits_make_a_number_20(emu):
+    result = post(emu, fields=("GEN_TEXT16=\u0663\u0664", "ASK=\uff11\uff12"))
+    assert result.returncode == 5                      # ASK is a Real: the text is refused by the ADS
+    fields = received(emu, "Post")[0]["Message"]["Fields"]
+    assert fields == {"GEN_TEXT16": "\u0663\u0664", "ASK": "\uff11\uff12"}
+
+
+def test_walk_keeps_negative_numbers_and_moves_small_ones_by_their_scale_20(emu):
+    result = contribute(emu.port, "run", "--service", "NIPROV", "--ric", "WALK.TST", "--field", "BIDSIZE=-5",
+                        "--field", "BID=0.0005", "--interval", "0.001", "--count", "30", "--walk")
+    assert result.returncode == 0, result.stderr
+    values = [p["Message"]["Fields"] for p in received(emu, "Post")]
+    assert all(v["BIDSIZE"] < 0 for v in values)
+    assert all(abs(v["BID"] - 0.0005) <= 0.0005 * 0.031 for v in values)          # 30 steps of 0.1 %
+
+
+def test_server_oddities_are_survived_with_a_clear_report_21():
+    async def odd_ads(ws):
+        json.loads(await ws.recv())
+        await ws.send(json.dumps([{"ID": 1, "Type": "Refresh", "Domain": "Login", "Key": {"Name": "tester"},
+                                   "Elements": {"PingTimeout": "30", "MaxMsgSize": "plenty"}}]))   # no State
+        await ws.send(json.dumps([{"ID": 1, "Type": "Ack", "AckID": 77}]))                # before any post
+        json.loads(await ws.recv())
+        await ws.send(json.dumps([{"ID": 1, "Type": "Ack", "AckID": True}]))              # not PostID 1
+        await ws.wait_closed()
+    port, stop = serve_in_thread(odd_ads)
+    try:
+        result = contribute(port, "post", "--service", "NIPROV", "--ric", "UMER.TST", "--field", "BID=1",
+                            "--ack-timeout", "0.5")
+    finally:
+        stop()
+    assert result.returncode == 6, result.stderr
+    assert result.stdout.startswith("TIMEOUT NIPROV UMER.TST post 1")
+    assert "no State: taken as accepted" in result.stderr and "MaxMsgSize 'plenty'" in result.stderr
+    assert "an Ack for unknown or already ended post 77" in result.stderr
+    assert "post True was ignored" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_error_without_debug_in_a_bulk_frame_is_reported_21(tmp_path):
+    async def ads(ws):
+        await accept_login(ws, {"SupportOMMPost": 1})
+        async for frame in ws:
+            msgs = json.loads(frame)
+            replies = []
+            for msg in msgs if isinstance(msgs, list) else [msgs]:
+                if msg.get("Type") != "Post":
+                    continue
+                if msg["Key"]["Name"] == "BAD":
+                    replies.append({"ID": 1, "Type": "Error", "Text": "JSON Unexpected FID. Received 'X'"})
+                else:
+                    replies.append({"ID": 1, "Type": "Ack", "AckID": msg["PostID"]})
+            if replies:
+                await ws.send(json.dumps(replies))
+    port, stop = serve_in_thread(ads)
+    try:
+        result = bulk(port, "--file", str(csv_file(tmp_path, ["GOOD,1", "BAD,2", "GOOD,3"])), "--ack-timeout", "0.5")
+    finally:
+        stop()
+    assert result.returncode == 6, result.stderr
+    assert result.stdout.startswith("TIMEOUT NIPROV BAD post 2 line 3")
+    assert "the ADS sent an Error on stream 1: \"JSON Unexpected FID. Received 'X'\"" in result.stderr
+    assert "acknowledged 2" in result.stderr
+
+
+def test_requests_sent_again_after_a_reconnect_fit_max_msg_size_22():
+    world = World.default()
+    rics = [f"R{i:03d}.TST" for i in range(100)]
+    for ric in rics:
+        world.items[("NIPROV", "MarketPrice", ric)] = Item({"BID": 1.0})
+    views = [a for i in range(45) for a in ("--field", f"A_FIELD_NAME_{i:02d}")]    # ~800-byte Requests
+    with Emulator(world) as emu:
+        run = Running(args_for(emu.port, "--reconnect-min", "0.01", "watch", "--service", "NIPROV", *views,
+                               *[a for ric in rics for a in ("--ric", ric)], "--count", "1"), ENV,
+                      stdin=subprocess.DEVNULL)
+        refreshes = lambda n: lambda line: sum(x.startswith("REFRESH") for x in run.lines["out"]) >= n  # noqa: E731
+        run.wait_line("out", refreshes(100))
+        emu.drop_connections()
+        run.wait_line("out", refreshes(200), TIMEOUT * 2)                   # every stream again
+        poster = Client(emu.url)
+        poster.login("poster")
+        poster.roundtrip({"ID": 1, "Type": "Post", "Ack": True, "PostID": 1, "Key": {"Service": "NIPROV",
+                          "Name": "R099.TST"}, "Message": {"ID": 0, "Type": "Update", "Fields": {"BID": 2.0}}})
+        poster.close()
+        code = run.finish()
+        assert logins(emu) == 3                       # ours twice, the poster once: no 1009 loop
+    assert code == 0, run.err
+
+
+def test_the_reconnect_backoff_grows_until_a_connection_proves_itself_22():
+    async def closes_after_login(ws):
+        await accept_login(ws, {"SupportOMMPost": 1})
+    port, stop = serve_in_thread(closes_after_login)
+    try:
+        run = Running(args_for(port, "--json", "--reconnect-min", "0.05", "--reconnect-max", "0.8", "watch",
+                               "--service", "NIPROV", "--ric", "UMER.TST"), ENV, stdin=subprocess.DEVNULL)
+        run.wait_line("out", lambda line: run.out.count('"reconnecting"') >= 5, TIMEOUT * 2)
+        run.proc.send_signal(signal.SIGTERM)
+        run.finish()
+    finally:
+        stop()
+    delays = [json.loads(line)["delay"] for line in run.lines["out"] if '"reconnecting"' in line]
+    assert delays[0] <= 0.05 and delays[4] >= 0.4, delays             # 0.05 doubling: 0.8 by the 5th
+
+
+def test_one_sigterm_stops_an_endless_feed_23():
+    with Emulator(faults=Faults(ack_delay_ms=800)) as emu:
+        run = Running(bulk_args(emu.port, "--file", "-"), ENV)
+        stop_feeding = threading.Event()
+
+        def feed() -> None:                         # a producer that never stops by itself
+            try:
+                run.write("RIC,BID\n")
+                for i in range(10**9):
+                    if stop_feeding.is_set():
+                        return
+                    run.write("".join(f"UMER.TST,{i}.{j}\n" for j in range(10)))
+            except (OSError, ValueError):
+                return
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        emu.wait_for(lambda m: m.get("PostID") == 50, TIMEOUT)
+        run.proc.send_signal(signal.SIGTERM)
+        try:
+            code = run.finish(TIMEOUT * 2)          # while the producer goes on writing
+        finally:
+            stop_feeding.set()
+            feeder.join(TIMEOUT)
+    assert code == 130, run.err[-500:]
+    assert any(line.startswith("bulk: lines") for line in run.lines["err"])
+
+
+def test_an_interrupted_rate_limited_run_accounts_for_every_row_24(tmp_path):
+    path = csv_file(tmp_path, [f"UMER.TST,{i}" for i in range(5050)])
+    failed = tmp_path / "failed.csv"
+    with Emulator(faults=Faults(ack_delay_ms=800)) as emu:
+        run = Running(bulk_args(emu.port, "--file", str(path), "--rate", "500", "--window", "10000",
+                                "--failed-out", str(failed), opts=["--json"]), ENV, stdin=subprocess.DEVNULL)
+        emu.wait_for(lambda m: m.get("PostID") == 100, TIMEOUT)
+        run.proc.send_signal(signal.SIGTERM)
+        code = run.finish()
+        posted = received(emu, "Post")
+    outcomes, summary = parsed(run.out)
+    assert code == 130, run.err
+    assert summary["lines"] == 5051 and len(posted) < 5050                 # --rate held after the signal
+    assert summary["acknowledged"] == len(posted) == summary["posted"]     # every post sent was awaited
+    assert summary["acknowledged"] + len(outcomes) == 5050                 # every other row reported
+    assert {o["status"] for o in outcomes} == {"unsent"} and summary["unsent"] == len(outcomes)
+    assert len(failed.read_bytes().decode().splitlines()) == 1 + len(outcomes)       # and can be posted again
+
+
+def test_a_bulk_run_whose_ads_is_gone_for_good_ends_6_25(tmp_path):
+    path = csv_file(tmp_path, [f"UMER.TST,{i}" for i in range(20)])
+    emu = Emulator(faults=Faults(no_ack_rics=["*"])).start()
+    run = Running(bulk_args(emu.port, "--file", str(path), "--ack-timeout", "2", opts=FAST), ENV,
+                  stdin=subprocess.DEVNULL)
+    try:
+        emu.wait_for(lambda m: m.get("PostID") == 20, TIMEOUT)
+    finally:
+        emu.stop()                                                   # and it never comes back
+    assert run.finish(TIMEOUT * 3) == 6, run.err[-500:]
+    assert [line.split()[0] for line in run.lines["out"]] == ["TIMEOUT"] * 20
+
+
+def test_no_new_post_after_sigterm_with_a_full_window_26():
+    with Emulator(faults=Faults(no_ack_rics=["UMER.TST"])) as emu:
+        run = Running(args_for(emu.port, "-v", "run", "--service", "NIPROV", "--ric", "UMER.TST", "--field",
+                               "BID=1", "--no-refresh", "--interval", "0.01", "--window", "1", "--ack-timeout",
+                               "30"), ENV, stdin=subprocess.DEVNULL)
+        emu.wait_for(lambda m: m.get("PostID") == 1, TIMEOUT)
+        interrupt_twice(run, signal.SIGTERM)
+        code = run.finish()
+        assert len(received(emu, "Post")) == 1
+    assert code == 130 and "run: 1 posts" in run.err and "internal error" not in run.err
+
+
+def test_sigterm_while_reconnecting_ends_with_a_summary_26():
+    with Emulator(faults=Faults(drop_after_posts=1)) as emu:
+        run = Running(args_for(emu.port, "--reconnect-min", "0.5", "run", "--service", "NIPROV", "--ric",
+                               "UMER.TST", "--field", "BID=1", "--no-refresh", "--interval", "0.01",
+                               "--window", "1", "--ack-timeout", "3"), ENV, stdin=subprocess.DEVNULL)
+        run.wait_line("err", lambda line: "reconnecting to" in line)
+        run.proc.send_signal(signal.SIGTERM)
+        code = run.finish()
+    assert code == 130, run.err
+    assert "internal error" not in run.err and "run: 1 posts" in run.err and "(interrupted)" in run.err
+    assert run.lines["out"] == ['LOST NIPROV UMER.TST post 1 "SIGTERM while reconnecting"']
+
+
+def test_a_late_ack_keeps_its_row_out_of_failed_out_27(tmp_path):
+    failed = tmp_path / "failed.csv"
+    with Emulator(faults=Faults(ack_delay_ms=1000, no_ack_rics=["SILENT"])) as emu:
+        run = Running(bulk_args(emu.port, "--file", "-", "--refresh", "--ack-timeout", "0.3", "--failed-out",
+                                str(failed), opts=["-v"]), ENV)
+        run.write("RIC,BID\nUMER.TST,1\n")
+        run.wait_line("out", lambda line: line.startswith("TIMEOUT NIPROV UMER.TST post 1"))
+        run.wait_line("err", lambda line: "acknowledged after its ack timeout" in line)
+        run.write("SILENT,2\n")
+        run.proc.stdin.close()
+        code = run.finish()
+    assert code == 6
+    assert failed.read_bytes().decode() == "RIC,BID\r\nSILENT,2\r\n"
+    assert any("timed out 2, acknowledged late 1" in line for line in run.lines["err"])
+
+
+def test_an_option_given_twice_is_refused_28(emu):
+    result = contribute(emu.port, "post", "--service", "NIPROV", "--ric", "A.TST", "--ric", "B.TST", "--field", "BID=1")
+    assert result.returncode == 2 and "--ric is given twice ('A.TST', 'B.TST')" in result.stderr
+    assert not emu.logged_in.is_set()
+
+
+def test_a_hint_is_given_once_per_run_28(emu, tmp_path):
+    result = bulk(emu.port, "--file", str(csv_file(tmp_path, [f"NOPE{i}.TST,1" for i in range(300)])))
+    assert result.returncode == 5 and result.stdout.count("SymbolUnknown") == 300
+    assert result.stderr.count("hint:") == 1
+
+
+def test_a_last_line_cut_off_in_a_pipe_is_not_posted_28(emu, tmp_path):
+    result = bulk(emu.port, "--file", "-", stdin="RIC,BID\nUMER.TST,12.5\nUMER.TST,1")
+    assert result.returncode == 2
+    assert result.stdout == 'INVALID line 3 "incomplete last line (no newline at the end of the input): not posted"\n'
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 12.5
+    path = tmp_path / "rows.csv"                               # a file's last line: posted
+    path.write_text("RIC,BID\nUMER.TST,13.5")
+    assert bulk(emu.port, "--file", str(path)).returncode == 0 and emu.item("NIPROV", "UMER.TST")["BID"] == 13.5
+
+
+def test_a_clean_run_leaves_no_stale_failed_rows_28(emu, tmp_path):
+    failed = tmp_path / "failed.csv"
+    failed.write_text("RIC,BID\r\nOLD.TST,1\r\n")              # from an earlier run
+    result = bulk(emu.port, "--file", str(csv_file(tmp_path, ["UMER.TST,1"])), "--failed-out", str(failed))
+    assert result.returncode == 0 and failed.read_bytes().decode() == "RIC,BID\r\n"
