@@ -2322,9 +2322,9 @@ class Bulk:
         """The main thread's side of the queue (Session.on_other)."""
         if isinstance(item, Row):
             self.last_line = item.line
-            if self.stopped or self.session.stopping:
-                self.unsend(item, "not sent: stopped" if self.session.stopping
-                            else "not sent: --strict stopped at an earlier line")
+            if self.stopped or not self.reading or self.session.stopping:
+                self.unsend(item, "not sent: --strict stopped at an earlier line" if self.stopped
+                            else "not sent: stopped")
             elif not (item.service or self.spec.service):
                 self.slots.put(None)
                 self.reject(item.line, "no service: give --service or a SERVICE column")
@@ -2419,6 +2419,10 @@ class Bulk:
         self.timed_out.pop(post_id, None)
 
     def finish(self) -> None:
+        """The end of the run, however it came (after the session): rows read but never taken end
+        UNSENT, and TIMEOUT rows no late Ack kept out go to --failed-out."""
+        self.stop()
+        self.session.take_queued()
         if self.failed is not None:
             for row in self.timed_out.values():
                 self.failed.write(row)
@@ -2490,10 +2494,11 @@ def same_file(binary: IO[bytes], path: str) -> bool:
 
 def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter, *, path: str,
              fmt: str, window: int, rate: float | None, strict: bool, failed_out: str | None) -> Exit:
-    """post --file: every row posted and accounted for, with a summary at the end."""
+    """post --file: every row posted and accounted for, with a summary at the end, also when
+    the session ends in an error (the login closed by the ADS, say) once reading has begun."""
     binary, pipe = open_input(path)
     header: list[str] = []
-    failed = None
+    failed = bulk = None
     try:
         if failed_out is not None:
             if same_file(binary, failed_out):
@@ -2505,9 +2510,9 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
         started = time.monotonic()
         progress = progress_bar(reporter, path)
         with Session(settings, reporter, spec=spec, recover=True) as session:
+            session.connect()
             bulk = Bulk(session, spec, refresh, window, rate, strict, failed)
             session.outcome, session.on_other, session.on_late = bulk.on_outcome, bulk.take, bulk.on_late
-            session.connect()
             threading.Thread(target=bulk.feed, args=(rows, session.events), name="input", daemon=True).start()
             while not (bulk.done or bulk.stopped or session.stopping):
                 bulk.release_held()
@@ -2520,17 +2525,23 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
             bulk.stop()
             session.flush()                      # --strict: the rows before the bad one still go
             session.drain()
-            session.take_queued()                # rows read but not taken: UNSENT
-        bulk.finish()
         if progress is not None:
             progress.render_finish()
     finally:
+        if bulk is not None:
+            bulk.finish()
+            bulk_summary(bulk, reporter, time.monotonic() - started, failed_out)
         if failed is not None:
             failed.close()
         if path != "-":                          # a blocked reader may still hold the stdin copy
             binary.close()
-    elapsed = time.monotonic() - started
-    ledger = session.ledger
+    return session.ledger.exit_code(interrupted=session.stopping, complete=bulk.ended and not bulk.unsent,
+                                    bad_input=bool(bulk.invalid or bulk.read_error or bulk.stopped))
+
+
+def bulk_summary(bulk: Bulk, reporter: Reporter, elapsed: float, failed_out: str | None) -> None:
+    """The summary of a bulk run: a line on stderr, or a JSON line with --json."""
+    ledger = bulk.session.ledger
     summary = {"lines": bulk.last_line, "posted": bulk.posted, "acknowledged": ledger.counts.get("ack", 0),
                "nakked": bulk.nak_codes, "errored": ledger.counts.get("error", 0),
                "timed_out": ledger.counts.get("timeout", 0), "acknowledged_late": ledger.late,
@@ -2541,10 +2552,8 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
         reporter.emit("", {"summary": summary})
     else:
         reporter.notice("bulk: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
-    if failed is not None and failed.count:
-        reporter.notice(f"bulk: {failed.count} failed rows written to {failed_out}")
-    return ledger.exit_code(interrupted=session.stopping, complete=bulk.ended and not bulk.unsent,
-                            bad_input=bool(bulk.invalid or bulk.read_error or bulk.stopped))
+    if bulk.failed is not None and bulk.failed.count:
+        reporter.notice(f"bulk: {bulk.failed.count} failed rows written to {failed_out}")
 
 
 def progress_bar(reporter: Reporter, path: str) -> Any:

@@ -715,3 +715,23 @@ def test_a_clean_run_leaves_no_stale_failed_rows_28(emu, tmp_path):
     failed.write_text("RIC,BID\r\nOLD.TST,1\r\n")              # from an earlier run
     result = bulk(emu.port, "--file", str(csv_file(tmp_path, ["UMER.TST,1"])), "--failed-out", str(failed))
     assert result.returncode == 0 and failed.read_bytes().decode() == "RIC,BID\r\n"
+
+
+def test_a_bulk_run_ended_by_the_ads_still_accounts_for_every_row_read(tmp_path):
+    """The ADS closes the login mid-run (exit 4): a row that timed out earlier still goes to
+    --failed-out, every row read has its outcome line or was acknowledged, and the summary says
+    how far the input was read."""
+    failed = tmp_path / "failed.csv"
+    with Emulator(faults=Faults(no_ack_rics=["NOACK.*"], close_login_after_posts=3)) as emu:
+        run = Running(bulk_args(emu.port, "--file", "-", "--refresh", "--ack-timeout", "0.3", "--failed-out",
+                                str(failed), opts=["--json"]), ENV)
+        run.write("RIC,BID\nNOACK.TST,1\n")
+        run.wait_line("out", lambda line: '"status":"timeout"' in line)
+        run.write("".join(f"UMER.TST,{i}\n" for i in range(2, 50)))
+        code = run.finish()
+    assert code == 4, run.err
+    outcomes, summary = parsed("\n".join(run.lines["out"]))
+    assert summary["acknowledged"] + len(outcomes) == summary["lines"] - 1 >= 3
+    assert {o["status"] for o in outcomes} <= {"timeout", "lost", "unsent"}
+    written = failed.read_bytes().decode().splitlines()
+    assert written[0] == "RIC,BID" and "NOACK.TST,1" in written and len(written) == 1 + len(outcomes)
