@@ -52,8 +52,15 @@ This emulator's own choices, where no public source says what an ADS does:
   (and the Key, unless the Request said "KeyInUpdates": false).
 - A wrong JSON type for a field gets an Error "JSON Converter Token Type
   error: Expected '<T>' for key '<FIELD>' Received '<T>'"; a badly formatted
-  date or time gets "JSON RSSL Conversion Error. RSSL error code : -1"; a
-  string for an Enum field is stored as blank, as the converter does.
+  date or time gets "JSON RSSL Conversion Error. RSSL error code : -1".
+- Field values are converted as RTSDK's C converter does (see check_value):
+  an Enum given a display string draws the Token Type Error (with
+  --enum-display-strings, as a converter allowing display strings: mapped
+  through the enum table, an unknown one stored blank); INT, UINT and ENUM
+  read a number with atoi (22.5 is stored 22); strings are stored whole
+  whatever the dictionary's length; a Real keeps the decimal places it was
+  written with, as its hint does, in the cache (the JSON written back is the
+  shortest float: 22.10 reads back as 22.1 here, as 22.10 from an ADS).
 - Item not found: Status Closed/Suspect "NotFound", "**The record could not be
   found"; unknown service: Closed/Suspect "SourceUnknown"; service down:
   ClosedRecover/Suspect "A9: Service is unavailable.". Batch requests
@@ -80,6 +87,7 @@ import fnmatch
 import itertools
 import json
 import logging
+import os
 import re
 import shlex
 import signal
@@ -127,10 +135,11 @@ NAK_CODES = ("None", "AccessDenied", "DeniedBySrc", "SourceDown",
 
 @dataclass(frozen=True)
 class FieldDef:
-    """One entry of the field dictionary: acronym, FID and RWF type."""
+    """One entry of the field dictionary: acronym, FID and RWF type (and an ENUM's table)."""
     name: str
     fid: int
     rwf_type: str
+    enums: dict[str, int] | None = field(default=None, compare=False)   # display string -> value
 
 
 # FIDs and RWF types as in the RDMFieldDictionary every ADS ships.
@@ -149,17 +158,60 @@ BUILTIN_FIELDS = [FieldDef(*f) for f in [
     ("QUOTIM", 1025, "TIME"),
 ]]
 
+# Enum tables for the built-in ENUM fields (a few values each, of this emulator's making).
+BUILTIN_ENUMS = {
+    "RDN_EXCHID": {"   ": 0, "ASE": 1, "NYS": 2, "BOS": 3},
+    "PRCTCK_1": {" ": 0, "\u21e7": 1, "\u21e9": 2},
+    "CURRENCY": {"   ": 0, "GBP": 826, "USD": 840, "EUR": 978},
+}
+
 
 class Dictionary:
     """Field definitions by acronym and by FID."""
 
-    def __init__(self, fields: Iterable[FieldDef]) -> None:
+    def __init__(self, fields: Iterable[FieldDef], enum_names: bool = False) -> None:
         self.by_name = {f.name: f for f in fields}
         self.by_fid = {f.fid: f for f in self.by_name.values()}
+        self.enum_names = enum_names     # the converter maps enum display strings (off: an Error)
 
     @classmethod
     def builtin(cls) -> Dictionary:
-        return cls(BUILTIN_FIELDS)
+        return cls(FieldDef(f.name, f.fid, f.rwf_type, BUILTIN_ENUMS.get(f.name)) for f in BUILTIN_FIELDS)
+
+    @classmethod
+    def from_files(cls, path: str, enum_path: str | None = None) -> Dictionary:
+        """An RDMFieldDictionary and its enumtype.def (given, else the one beside it, if any)."""
+        dictionary = cls.load(path)
+        beside = os.path.join(os.path.dirname(path), "enumtype.def")
+        if enum_path or os.path.isfile(beside):
+            dictionary.add_enums(enum_path or beside)
+        return dictionary
+
+    def add_enums(self, path: str) -> None:
+        """An enumtype.def: tables of `ACRONYM FID` lines, then `VALUE "DISPLAY" MEANING` lines
+        (a DISPLAY may be #hex#), each table given to the ENUM fields it names."""
+        tables: list[tuple[list[str], dict[str, int]]] = []
+        with open(path, encoding="latin-1") as f:
+            for number, line in enumerate(f, 1):
+                text = line.strip()
+                if not text or text.startswith("!"):
+                    continue
+                match = re.fullmatch(r'(\d+)\s+(?:"([^"]*)"|#([0-9A-Fa-f]*)#)(\s.*)?', text)
+                if match and tables:
+                    display = match[2] if match[3] is None else bytes.fromhex(match[3]).decode("latin-1")
+                    tables[-1][1].setdefault(display, int(match[1]))
+                elif re.fullmatch(r"\S+\s+-?\d+", text) and not text[0].isdigit():
+                    if not tables or tables[-1][1]:
+                        tables.append(([], {}))
+                    tables[-1][0].append(text.split()[0])
+                else:
+                    raise ValueError(f"{path}:{number}: not an enumtype.def line")
+        for acronyms, table in tables:
+            for acronym in acronyms:
+                fdef = self.by_name.get(acronym)
+                if fdef is not None and fdef.rwf_type == "ENUM":
+                    fdef = self.by_name[acronym] = FieldDef(fdef.name, fdef.fid, fdef.rwf_type, table)
+                    self.by_fid[fdef.fid] = fdef
 
     @classmethod
     def load(cls, path: str) -> Dictionary:
@@ -219,17 +271,48 @@ DATE_FORMS = {"DATE": re.compile(_DATE), "TIME": re.compile(_TIME),
               "DATETIME": re.compile(f"{_DATE}(T{_TIME})?")}
 
 
-def check_value(fdef: FieldDef, value: Any, stream: int) -> Any:
-    """The value as the cache stores it, or ProtocolError when the converter would refuse it."""
+class RealText(float):
+    """A JSON decimal with the text it was written as: the converter keeps a Real's decimal
+    places as its hint (22.10 is 2210 at hint 10^-2), so the cache keeps them too. (The
+    emulator's JSON output writes the float, 22.1; an ADS writes 22.10.)"""
+
+    def __new__(cls, text: str) -> RealText:
+        real = super().__new__(cls, text)
+        real.text = text
+        return real
+
+
+def atoi(value: int | float) -> int:
+    """An integer field's number as the C converter reads it (rtr_atoi_size): the digits up to
+    the first other character, so 22.5 is 22 and 1e5 is 1."""
+    if isinstance(value, int):
+        return value
+    text = value.text if isinstance(value, RealText) else repr(value)
+    return int(re.match(r"-?\d*", text)[0].rstrip("-") or 0)
+
+
+def check_value(fdef: FieldDef, value: Any, stream: int, enum_names: bool = False) -> Any:
+    """The value as the cache stores it, or ProtocolError when the converter would refuse it.
+
+    As RTSDK's C converter (jsonToRwfBase.C) does: INT, UINT and ENUM take a JSON number read
+    with atoi (truncated, see atoi()); an ENUM given a string draws a Token Type Error, unless
+    enum_names (the Java converter's allowEnumDisplayStrings) maps a known display string and
+    stores an unknown one blank; an ENUM beyond 0..65535 is a conversion Error. Strings are
+    stored whole, whatever the dictionary's length.
+    """
     if value is None:
         return None
     kind = fdef.rwf_type
     if isinstance(value, bool):
         raise ProtocolError("JSON invalid primitive type.", stream)
-    if kind.startswith(("INT", "UINT")):
+    if kind == "ENUM" and isinstance(value, str) and enum_names:
+        return (fdef.enums or {}).get(value)     # a known display string, else blank
+    if kind.startswith(("INT", "UINT")) or kind == "ENUM":
         expect(fdef.name, value, "PRIMITIVE", stream)
-        if not isinstance(value, int):
-            raise ProtocolError("JSON invalid primitive type.", stream)
+        number = atoi(value)
+        if kind == "ENUM" and not 0 <= number < 1 << 16 or kind.startswith("UINT") and number < 0:
+            raise ProtocolError("JSON RSSL Conversion Error. RSSL error code : -1", stream)
+        return number
     elif kind.startswith(("REAL", "FLOAT", "DOUBLE")):
         if isinstance(value, str) and value in ("Inf", "-Inf", "NaN"):
             return value
@@ -238,12 +321,6 @@ def check_value(fdef: FieldDef, value: Any, stream: int) -> Any:
         expect(fdef.name, value, "STRING", stream)
         if not DATE_FORMS[kind].fullmatch(value):
             raise ProtocolError("JSON RSSL Conversion Error. RSSL error code : -1", stream)
-    elif kind == "ENUM":
-        if isinstance(value, str):
-            return None                      # the converter blanks an unknown display string
-        expect(fdef.name, value, "PRIMITIVE", stream)
-        if not isinstance(value, int):
-            raise ProtocolError("JSON invalid primitive type.", stream)
     elif kind.endswith("STRING") or kind == "BUFFER":
         expect(fdef.name, value, "STRING", stream)
     return value
@@ -259,7 +336,7 @@ def check_fields(dictionary: Dictionary, fields: Any, stream: int) -> dict[str, 
         fdef = dictionary.lookup(key)
         if fdef is None:
             raise ProtocolError(f"JSON Unexpected FID. Received '{key}' for key 'Fields'", stream)
-        out[fdef.name] = check_value(fdef, value, stream)
+        out[fdef.name] = check_value(fdef, value, stream, dictionary.enum_names)
     return out
 
 
@@ -462,7 +539,7 @@ class Session:
         outbox: dict[Session, list[dict]] = {self: replies}
         try:
             try:
-                parsed = json.loads(text)
+                parsed = json.loads(text, parse_float=RealText)
             except json.JSONDecodeError as exc:
                 raise ProtocolError(f"JSON parser error: {exc.msg} at offset {exc.pos}") from None
             messages = parsed if isinstance(parsed, list) else [parsed]
@@ -1038,6 +1115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-down", metavar="NAME", action="append", default=[],
                    help="mark a service down (repeatable)")
     p.add_argument("--dictionary", metavar="PATH", help="RDMFieldDictionary file to use")
+    p.add_argument("--enum-dictionary", metavar="PATH",
+                   help="enumtype.def for its ENUM fields (default: the one beside --dictionary)")
+    p.add_argument("--enum-display-strings", action="store_true",
+                   help="map enum display strings to their values, an unknown one to blank, as a converter "
+                        "with allowEnumDisplayStrings does (default: a display string is an Error)")
     p.add_argument("--ping-interval", type=float, default=DEFAULT_PING_INTERVAL, metavar="SECONDS",
                    help="inbound silence before the emulator pings (default %(default)s)")
     p.add_argument("--ping-timeout", type=int, default=DEFAULT_PING_TIMEOUT, metavar="SECONDS",
@@ -1082,7 +1164,9 @@ def emulator_from_args(args: argparse.Namespace, log_file: Any = None) -> Emulat
                     hang_after_login=args.hang_after_login, ping_with_login=args.ping_with_login,
                     login_recover=args.login_recover,
                     close_login_after_posts=args.close_login_after_posts)
-    dictionary = Dictionary.load(args.dictionary) if args.dictionary else Dictionary.builtin()
+    dictionary = Dictionary.from_files(args.dictionary, args.enum_dictionary) if args.dictionary \
+        else Dictionary.builtin()
+    dictionary.enum_names = args.enum_display_strings
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     return Emulator(world, faults, dictionary, args.bind, args.port, args.ping_interval,

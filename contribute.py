@@ -232,7 +232,31 @@ _OUTPUT = json.JSONEncoder(separators=(",", ":"))
 def encode(msg: dict | list) -> str:
     """Compact JSON for the wire. ValueError for a value that is not a finite number: NaN and
     Infinity are not JSON, and the ADS would reject the whole frame."""
-    return _WIRE.encode(msg)
+    return with_digits(_WIRE.encode(msg))
+
+
+class Digits(str):
+    """A Real as the user wrote it (`22.10`, not 22.1): the ADS keeps a Real's decimal places as
+    its hint, and consumers see them. The json encoder has no way to write a number's own
+    text, so a Digits is a string marked with a NUL (which no posted text can hold, see
+    check_text) that with_digits() unquotes after encoding."""
+
+    def __new__(cls, text: str) -> "Digits":
+        digits = super().__new__(cls, "\0" + text)
+        digits.number = float(text)
+        return digits
+
+    @property
+    def text(self) -> str:
+        return self[1:]
+
+
+_DIGITS = re.compile(r'"\\u0000(-?[0-9][0-9.eE+-]*)"')
+
+
+def with_digits(text: str) -> str:
+    """Encoded JSON with each Digits written as the number it holds."""
+    return _DIGITS.sub(r"\1", text) if "\\u0000" in text else text
 
 
 def positive_int(value: Any) -> int | None:
@@ -461,7 +485,12 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON: post the string \"{name[:3] if name != '-Infinity' else '-Inf'}\"")
 
 
-_JSON_VALUES = json.JSONDecoder(parse_constant=_no_constant)   # NaN, Infinity: refused
+def _json_decimal(text: str) -> Any:
+    return decimal_of(text)                 # defined with the field types, below
+
+
+# NaN and Infinity refused; decimals kept as written (Digits) where a float would drop places
+_JSON_VALUES = json.JSONDecoder(parse_constant=_no_constant, parse_float=_json_decimal)
 
 
 def finite(value: Any) -> bool:
@@ -474,6 +503,8 @@ def typed_value(raw: str) -> Any:
     (only ASCII digits make a number). ValueError for a number that could not be sent."""
     if raw == "":
         return None
+    if "\0" in raw:
+        check_text("the value", raw)
     if _DECIMAL.fullmatch(raw):               # one match for both: this runs per CSV cell
         if "." in raw or "e" in raw or "E" in raw:
             number = float(raw)
@@ -487,27 +518,26 @@ def typed_value(raw: str) -> Any:
     return raw
 
 
-def parse_field(text: str) -> tuple[str, Any]:
-    """NAME=VALUE (typed: int, decimal, blank, else string) or NAME:=JSON (raw)."""
-    if ":=" in text and ("=" not in text or text.index(":=") < text.index("=")):
-        name, raw = text.split(":=", 1)
+def parse_field(text: str, types: "FieldTypes | None" = None) -> tuple[str, Any]:
+    """NAME=VALUE (typed by the field's type, else guessed: int, decimal, blank, string) or
+    NAME:=JSON (checked against the field's type)."""
+    types = types or FieldTypes()
+    is_json = ":=" in text and ("=" not in text or text.index(":=") < text.index("="))
+    if not is_json and "=" not in text:
+        raise ValueError(f"{text!r}: expected NAME=VALUE or NAME:=JSON")
+    name, raw = text.split(":=" if is_json else "=", 1)
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{text!r}: {name!r} is not a field name or FID")
+    try:
+        if not is_json:
+            return name, types.text(name, raw)
         try:
             value = _JSON_VALUES.decode(raw)
         except ValueError as exc:
-            raise ValueError(f"{text!r}: the value after ':=' is not JSON ({exc})") from None
-        if not finite(value):
-            raise ValueError(f"{text!r}: {raw} is beyond the range of a number")
-    elif "=" in text:
-        name, raw = text.split("=", 1)
-        try:
-            value = typed_value(raw)
-        except ValueError as exc:
-            raise ValueError(f"{text!r}: {exc}") from None
-    else:
-        raise ValueError(f"{text!r}: expected NAME=VALUE or NAME:=JSON")
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"{text!r}: {name!r} is not a field name or FID")
-    return name, value
+            raise ValueError(f"the value after ':=' is not JSON ({exc})") from None
+        return name, types.json(name, value)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
 
 
 def walk(fields: dict[str, Any], rng: Any) -> dict[str, Any]:
@@ -515,6 +545,7 @@ def walk(fields: dict[str, Any], rng: Any) -> dict[str, Any]:
     across zero; other fields unchanged."""
     out = {}
     for name, value in fields.items():
+        value = value.number if isinstance(value, Digits) else value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value:
             out[name] = value
         elif isinstance(value, int):
@@ -526,42 +557,344 @@ def walk(fields: dict[str, Any], rng: Any) -> dict[str, Any]:
     return out
 
 
-# Reading items back (get, watch, post --verify, check).
-
 _FID = re.compile(r"-?\d+", re.ASCII)
 
 
-class FieldNames(NamedTuple):
-    """A field dictionary (--dictionary): to list fields in FID order and name posted FIDs."""
-    fid_of: dict[str, int]
-    name_of: dict[int, str]
+# Field types: the RDMFieldDictionary and enumtype.def (--dictionary), for reading items back
+# (FID order, names of posted FIDs) and for typing what is posted (FieldTypes).
+
+class FieldDef(NamedTuple):
+    """One field of the dictionary: its acronym, FID, RWF type, length and enum table."""
+    name: str
+    fid: int
+    rwf_type: str                      # INT64, UINT64, REAL64, ENUM, DATE, TIME, RMTES_STRING, ...
+    length: int                        # the field's display length: the characters it holds
+    enums: dict[str, int] | None = None    # ENUM: display string -> value
 
 
-def load_field_names(path: str) -> FieldNames:
-    """The acronyms and FIDs of an RDMFieldDictionary: `ACRONYM "DDE NAME" FID ...` lines, `!` comments."""
-    fid_of: dict[str, int] = {}
+class FieldDictionary:
+    """The field dictionary (RDMFieldDictionary) and, for ENUM fields, their enum tables
+    (enumtype.def). `fid_of` and `name_of` map acronyms and FIDs both ways."""
+
+    def __init__(self, fields: Iterable[FieldDef]) -> None:
+        self.by_name = {f.name: f for f in fields}
+        self.by_fid = {f.fid: f for f in self.by_name.values()}
+        self.fid_of = {name: f.fid for name, f in self.by_name.items()}
+        self.name_of = {fid: f.name for fid, f in self.by_fid.items()}
+        self.has_enums = False
+
+    def lookup(self, key: str) -> FieldDef | None:
+        """A field by acronym, or by FID when the key is a number (as the converter reads keys)."""
+        return self.by_fid.get(int(key)) if _FID.fullmatch(key) else self.by_name.get(key)
+
+    def unknown(self, key: str) -> str:
+        """Why key names no field, with the closest names."""
+        if _FID.fullmatch(key):
+            return f"FID {key} is not in the field dictionary"
+        return f"{key!r} is not in the field dictionary" + did_you_mean(key, self.by_name)
+
+
+def did_you_mean(word_: str, choices: Iterable[str]) -> str:
+    import difflib                        # only on an error, kept off the start-up path
+    close = difflib.get_close_matches(word_, list(choices), n=3, cutoff=0.6) or \
+        difflib.get_close_matches(word_.upper(), list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def load_dictionary(path: str, enum_path: str | None = None) -> FieldDictionary:
+    """An RDMFieldDictionary (and enumtype.def: given, else the one beside it, if there is one).
+
+    A dictionary line: ACRONYM "DDE ACRONYM" FID RIPPLES_TO FIELD_TYPE LENGTH RWF_TYPE RWF_LEN,
+    where LENGTH may read `3 ( 3 )` for an enumerated field; `!` starts a comment line."""
+    fields = []
+    with open_text(path, "--dictionary") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip() or line.startswith("!"):
+                continue
+            match = _DICTIONARY_LINE.fullmatch(line.strip())
+            if not match:
+                raise UsageProblem(f"--dictionary {path}:{number}: not an RDMFieldDictionary line "
+                                   '(ACRONYM "DDE NAME" FID RIPPLES TYPE LENGTH RWF_TYPE RWF_LEN)')
+            name, fid, length, rwf_type = match["name"], int(match["fid"]), int(match["length"]), \
+                match["rwf"].upper()
+            fields.append(FieldDef(name, fid, rwf_type, length))
+    dictionary = FieldDictionary(fields)
+    if enum_path is None:
+        beside = os.path.join(os.path.dirname(path), "enumtype.def")
+        enum_path = beside if os.path.isfile(beside) else None
+    if enum_path is not None:
+        add_enum_tables(dictionary, enum_path)
+    return dictionary
+
+
+_DICTIONARY_LINE = re.compile(r'(?P<name>\S+)\s+"[^"]*"\s+(?P<fid>-?\d+)\s+\S+\s+\S+\s+'
+                              r'(?P<length>\d+)(\s*\(\s*\d+\s*\))?\s+(?P<rwf>[A-Za-z_0-9]+)\s+\d+', re.ASCII)
+_ENUM_VALUE = re.compile(r'(?P<value>\d+)\s+(?:"(?P<text>[^"]*)"|#(?P<hex>[0-9A-Fa-f]*)#)(\s.*)?', re.ASCII)
+
+
+def add_enum_tables(dictionary: FieldDictionary, path: str) -> None:
+    """enumtype.def: tables, each one or more `ACRONYM FID` lines then `VALUE "DISPLAY" MEANING`
+    lines (a DISPLAY may be #hex#); each table goes to the ENUM fields it names."""
+    tables: list[tuple[list[str], dict[str, int]]] = []
+    with open_text(path, "--enum-dictionary") as lines:
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("!"):
+                continue
+            if text[0].isdigit():
+                match = _ENUM_VALUE.fullmatch(text)
+                if not match or not tables:
+                    raise UsageProblem(f"--enum-dictionary {path}:{number}: not an enumtype.def line "
+                                       '(ACRONYM FID, or VALUE "DISPLAY" MEANING)')
+                display = match["text"] if match["hex"] is None else \
+                    bytes.fromhex(match["hex"]).decode("latin-1")
+                tables[-1][1].setdefault(display, int(match["value"]))
+            else:
+                acronym, *rest = text.split()
+                if len(rest) != 1 or not _FID.fullmatch(rest[0]):
+                    raise UsageProblem(f"--enum-dictionary {path}:{number}: not an enumtype.def line "
+                                       '(ACRONYM FID, or VALUE "DISPLAY" MEANING)')
+                if not tables or tables[-1][1]:
+                    tables.append(([], {}))
+                tables[-1][0].append(acronym)
+    for acronyms, table in tables:
+        for acronym in acronyms:
+            field = dictionary.by_name.get(acronym)
+            if field is not None and field.rwf_type == "ENUM":
+                dictionary.by_name[acronym] = field = field._replace(enums=table)
+                dictionary.by_fid[field.fid] = field
+    dictionary.has_enums = True
+
+
+def open_text(path: str, option: str) -> IO[str]:
     try:
-        with open(path, encoding="latin-1") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip() or line.startswith("!"):
-                    continue
-                match = re.match(r'\s*(\S+)\s+"[^"]*"\s+(-?\d+)\s', line)
-                if not match:
-                    raise UsageProblem(f"--dictionary {path}:{number}: not an RDMFieldDictionary line")
-                fid_of[match[1]] = int(match[2])
+        return open(path, encoding="latin-1")
     except OSError as exc:
-        raise UsageProblem(f"--dictionary: cannot read {path}: {exc.strerror or exc}") from None
-    return FieldNames(fid_of, {fid: name for name, fid in fid_of.items()})
+        raise UsageProblem(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def field_name(key: str, names: FieldNames | None) -> str | None:
+class FieldTypes:
+    """Every posted value typed before anything is sent: by its field's type in the dictionary,
+    or, with no dictionary, by guessing from the text (typed_value).
+
+    Text (a --field VALUE, a CSV cell) is converted; JSON (NAME:=JSON, a JSON Lines value) is
+    checked. A value the field's type cannot take is a ValueError naming the field, the value
+    and what the type accepts. What the ADS's converter does with each type (RTSDK's C
+    converter, jsonToRwfBase.C; the Java one, JsonRealConverter and the like):
+    - INT, UINT, ENUM: a JSON number read with atoi, so 22.5 is stored 22 and 1e5 as 1: only
+      whole numbers in range are sent. A string draws a Token Type Error.
+    - REAL: a JSON number, or the strings "Inf", "-Inf", "NaN"; the ADS keeps the decimal
+      places as the Real's hint and writes them out again (rsslRealToString: 22.10 stays 22.10),
+      so the digits are sent as written (Digits).
+    - ENUM: the number only; an ADS whose converter allows display strings maps the known ones
+      and stores an unknown one blank. Here a display name is mapped through enumtype.def.
+    - DATE, TIME, DATETIME: ISO 8601 strings (2024-01-02, 14:30:05.123, 2024-01-02T14:30:05).
+    - ASCII, RMTES, UTF8 strings: JSON strings, stored whole: the converter does not check the
+      dictionary's length (consumers then display a cut or overflowing value), so a longer
+      value is refused here unless truncate is set. A backslash is dropped by the converter,
+      so a NUL (which JSON can only send escaped) cannot be posted.
+    """
+
+    def __init__(self, dictionary: FieldDictionary | None = None, truncate: bool = False) -> None:
+        self.dictionary, self.truncate = dictionary, truncate
+
+    def key(self, name: str) -> FieldDef | None:
+        """The field a --field NAME, CSV column or JSON key names (None with no dictionary)."""
+        if self.dictionary is None:
+            return None
+        field = self.dictionary.lookup(name)
+        if field is None:
+            raise ValueError(self.dictionary.unknown(name))
+        return field
+
+    def text(self, name: str, raw: str) -> Any:
+        field = self.key(name)
+        return typed_value(raw) if field is None else self.from_text(field, raw)
+
+    def json(self, name: str, value: Any) -> Any:
+        field = self.key(name)
+        if field is None:
+            if not finite(value):
+                raise ValueError(f"{name}: {value} is beyond the range of a number")
+            if isinstance(value, str):
+                check_text(name, value)
+            return value
+        return self.from_json(field, value)
+
+    def column(self, name: str) -> Callable[[str], Any]:
+        """The converter of a CSV column's cells, resolved once from the header."""
+        field = self.key(name)
+        if field is None:
+            return typed_value
+        return lambda raw: self.from_text(field, raw)
+
+    # -- by type
+
+    def from_text(self, field: FieldDef, raw: str) -> Any:
+        if raw == "":
+            return None
+        kind = field.rwf_type
+        if kind.startswith(("INT", "UINT")) or kind == "ENUM" and _INTEGER.fullmatch(raw):
+            if not _INTEGER.fullmatch(raw):
+                raise self.refused(field, raw)
+            return self.from_json(field, int(raw))
+        if kind == "ENUM":
+            return self.enum_by_name(field, raw)
+        if kind.startswith(("REAL", "DOUBLE", "FLOAT")):
+            if raw in ("Inf", "-Inf", "NaN"):
+                return raw
+            if not _DECIMAL.fullmatch(raw):
+                raise self.refused(field, raw)
+            return self.from_json(field, json_number(raw))
+        return self.from_json(field, raw)
+
+    def from_json(self, field: FieldDef, value: Any) -> Any:
+        if value is None:
+            return None
+        kind, number = field.rwf_type, isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind.startswith(("INT", "UINT")) or kind == "ENUM":
+            low, high = (0, 1 << 64) if kind.startswith("UINT") else (0, 1 << 16) if kind == "ENUM" \
+                else (-1 << 63, 1 << 63)
+            if kind == "ENUM" and isinstance(value, str):
+                return self.enum_by_name(field, value)
+            if not (number and isinstance(value, int)) or not low <= value < high:
+                raise self.refused(field, value)
+            if kind == "ENUM" and field.enums is not None and value not in field.enums.values():
+                raise ValueError(f"{field.name}: {value} is not in its enum table (enumtype.def): "
+                                 f"give one of its values or display names")
+            return value
+        if kind.startswith(("REAL", "DOUBLE", "FLOAT")):
+            if value in ("Inf", "-Inf", "NaN"):
+                return value
+            if not (number or isinstance(value, Digits)):
+                raise self.refused(field, value)
+            if kind.startswith("REAL") and not real_fits(value):
+                raise ValueError(f"{field.name}: {render_value(value)} does not fit a Real (18 digits, "
+                                 "14 decimal places and an exponent of 7 at most)")
+            return value
+        if kind in _DATE_FORMS:
+            if not isinstance(value, str) or not valid_date_time(kind, value):
+                raise self.refused(field, value)
+            return value
+        if kind.endswith("STRING"):
+            if not isinstance(value, str):
+                raise self.refused(field, value)
+            check_text(field.name, value)
+            if kind == "ASCII_STRING" and not value.isascii():
+                raise ValueError(f"{field.name} is an ASCII field: {value!r} holds other characters")
+            if field.length and len(value) > field.length:
+                if not self.truncate:
+                    raise ValueError(f"{field.name} holds {field.length} characters: {value!r} has "
+                                     f"{len(value)} (the ADS would store it whole; --truncate cuts it)")
+                value = value[:field.length]
+            return value
+        if kind in ("BUFFER", "OPAQUE"):
+            if not isinstance(value, str):
+                raise self.refused(field, value)
+            return value
+        raise ValueError(f"{field.name} is of type {kind}, which cannot be posted as a field value")
+
+    def enum_by_name(self, field: FieldDef, name: str) -> int:
+        """An enum's number from its display name (exact, else ignoring case and padding)."""
+        if field.enums is None:
+            missing = "no enum table has it" if self.dictionary.has_enums else \
+                "give --enum-dictionary (enumtype.def) to post display names"
+            raise ValueError(f"{field.name} is an enum: post its number ({missing}), not {name!r}")
+        table = field.enums
+        if name in table:
+            return table[name]
+        wanted = name.strip().casefold()
+        found = {table[d] for d in table if d.strip().casefold() == wanted}
+        if len(found) == 1:
+            return found.pop()
+        names = {d.strip() for d in table if d.strip()}
+        raise ValueError(f"{field.name}: {name!r} is not in its enum table" + did_you_mean(name.strip(), names))
+
+    @staticmethod
+    def refused(field: FieldDef, value: Any) -> ValueError:
+        return ValueError(f"{field.name} is {TYPE_WORDS.get(field.rwf_type, field.rwf_type)}: "
+                          f"{render_value(value)} is not one")
+
+
+_INTEGER = re.compile(r"[-+]?\d+", re.ASCII)
+_DATE_FORMS = {"DATE": r"\d{4}-\d{2}-\d{2}", "TIME": r"\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?",
+               "DATETIME": r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?"}
+TYPE_WORDS = {"INT64": "an integer", "INT32": "an integer", "UINT64": "a whole number from 0",
+              "UINT32": "a whole number from 0", "ENUM": "an enum (its number or display name)",
+              "REAL64": "a number (or \"Inf\", \"-Inf\", \"NaN\")", "REAL32": "a number",
+              "DOUBLE": "a number", "FLOAT": "a number", "DATE": "a date (YYYY-MM-DD)",
+              "TIME": "a time (HH:MM, HH:MM:SS or HH:MM:SS.fff)",
+              "DATETIME": "a date and time (YYYY-MM-DDTHH:MM:SS)", "ASCII_STRING": "text",
+              "RMTES_STRING": "text", "UTF8_STRING": "text", "BUFFER": "base64 text"}
+
+
+def valid_date_time(kind: str, text: str) -> bool:
+    """An ISO 8601 date, time or date-time of the form the converter reads, and a real one."""
+    import datetime                        # only with a dictionary: kept off the start-up path
+    if not re.fullmatch(_DATE_FORMS[kind], text, re.ASCII):
+        return False
+    date, _, time_ = text.partition("T") if kind == "DATETIME" else \
+        (text, "", "") if kind == "DATE" else ("", "", text)
+    try:
+        if date:
+            datetime.date.fromisoformat(date)
+        if time_:
+            datetime.time.fromisoformat(time_[:15] if "." not in time_ else time_.split(".")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def decimal_of(text: str) -> Any:
+    """A JSON decimal as the number to send: a float, or Digits when the float would not write
+    back the digits given (22.10, or more digits than a float holds). ValueError for a number
+    beyond the range of a float."""
+    number = float(text)
+    if number - number != 0:
+        raise ValueError(f"{text} is beyond the range of a number")
+    if "e" in text or "E" in text or repr(number) == text:
+        return number
+    return Digits(text)
+
+
+def json_number(raw: str) -> Any:
+    """A decimal as typed (`+5`, `.5`, `5.`, which JSON does not allow) as a JSON number."""
+    text = raw.lstrip("+")
+    if text.startswith((".", "-.")):
+        text = text.replace(".", "0.", 1)
+    if text.endswith("."):
+        text = text[:-1]
+    return int(text) if _INTEGER.fullmatch(text) else decimal_of(text)
+
+
+def real_fits(value: Any) -> bool:
+    """A number a Real can hold: at most 18 significant digits, 14 decimal places and an
+    exponent of 7 (RWF's hints run from 10^-14 to 10^7)."""
+    if isinstance(value, int):
+        return -1 << 63 <= value < 1 << 63
+    text = value.text if isinstance(value, Digits) else repr(value)
+    mantissa, _, exponent = text.lower().partition("e")
+    places = len(mantissa.partition(".")[2]) - int(exponent or 0)
+    digits = mantissa.replace("-", "").replace(".", "").lstrip("0")
+    return len(digits) <= 18 and places <= 14 and places >= -7
+
+
+def check_text(name: str, value: str) -> None:
+    if "\0" in value:
+        raise ValueError(f"{name}: a NUL character cannot be posted (the ADS's converter drops the "
+                         "backslash of its escape)")
+
+
+# Reading items back (get, watch, post --verify, check).
+
+def field_name(key: str, names: FieldDictionary | None) -> str | None:
     """The name a field comes back under: a FID is named through the dictionary, if there is one."""
     if not _FID.fullmatch(key):
         return key
     return names.name_of.get(int(key)) if names else None
 
 
-def view_of(fields: tuple[str, ...], names: FieldNames | None) -> list[str | int] | None:
+def view_of(fields: tuple[str, ...], names: FieldDictionary | None) -> list[str | int] | None:
     """A Request's View for --field NAME|FID ...: names where the dictionary knows them, FIDs as
     numbers. An OMM array holds one type, so names and unnamed FIDs cannot be mixed."""
     view = [field_name(f, names) or int(f) for f in fields]
@@ -570,7 +903,7 @@ def view_of(fields: tuple[str, ...], names: FieldNames | None) -> list[str | int
     return view or None
 
 
-def in_fid_order(fields: dict[str, Any], names: FieldNames | None) -> list[tuple[str, Any]]:
+def in_fid_order(fields: dict[str, Any], names: FieldDictionary | None) -> list[tuple[str, Any]]:
     """Fields in FID order when the dictionary is known (unknown names last), else as the ADS sent them."""
     if names is None:
         return list(fields.items())
@@ -580,7 +913,7 @@ def in_fid_order(fields: dict[str, Any], names: FieldNames | None) -> list[tuple
 
 def render_value(value: Any) -> str:
     """A field value as JSON: strings quoted, blank as null, so 42 and "42" stay distinct."""
-    return json.dumps(value, ensure_ascii=False)
+    return value.text if isinstance(value, Digits) else json.dumps(value, ensure_ascii=False)
 
 
 def render_fields(pairs: Iterable[tuple[str, Any]]) -> str:
@@ -602,6 +935,7 @@ class Mismatch(NamedTuple):
 def same_value(posted: Any, read: Any) -> bool:
     """Equal, numbers within a relative 1e-9 (the ADS stores Reals with a decimal hint)."""
     numbers = (int, float)
+    posted = posted.number if isinstance(posted, Digits) else posted
     if isinstance(posted, numbers) and isinstance(read, numbers) \
             and not isinstance(posted, bool) and not isinstance(read, bool):
         return abs(posted - read) <= 1e-9 * max(abs(posted), abs(read)) or posted == read
@@ -609,7 +943,7 @@ def same_value(posted: Any, read: Any) -> bool:
 
 
 def compare_fields(posted: dict[str, Any], read: dict[str, Any],
-                   names: FieldNames | None = None) -> tuple[list[Mismatch], list[str]]:
+                   names: FieldDictionary | None = None) -> tuple[list[Mismatch], list[str]]:
     """Posted fields against the item read back: the mismatches, and the FIDs that cannot be
     checked (posted by number with no dictionary to name them)."""
     mismatches, unverified = [], []
@@ -701,8 +1035,10 @@ def parse_type(value: Any) -> bool | None:
     raise ValueError(f"type {value!r} is not Refresh or Update")
 
 
-def csv_rows(lines: Lines, header_out: list[str] | None = None) -> Iterator[Row | BadRow]:
-    """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field.
+def csv_rows(lines: Lines, header_out: list[str] | None = None,
+             types: "FieldTypes | None" = None) -> Iterator[Row | BadRow]:
+    """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field,
+    each column typed once from the header (by the dictionary, or guessed cell by cell).
 
     The header as read is also added to header_out (for --failed-out).
     """
@@ -730,10 +1066,18 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None) -> Iterator[Row 
         yield BadRow(1, f"the CSV header has column {twice!r} twice")
         return
     special = {name: upper.index(name) for name in ("RIC", "SERVICE", "TYPE") if name in upper}
-    columns = [(i, name) for i, name in enumerate(header) if i not in special.values()]
-    for i, name in columns:
+    types = types or FieldTypes()
+    columns = []
+    for i, name in enumerate(header):
+        if i in special.values():
+            continue
         if not _NAME.fullmatch(name):
             yield BadRow(1, f"header column {i + 1} {name!r} is not a field name or FID")
+            return
+        try:
+            columns.append((i, name, types.column(name)))
+        except ValueError as exc:
+            yield BadRow(1, f"header column {i + 1}: {exc}")
             return
     ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
     while True:
@@ -758,7 +1102,7 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None) -> Iterator[Row 
             continue
         try:
             refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
-            fields = {name: typed_value(cells[i]) for i, name in columns}
+            fields = {name: convert(cells[i]) for i, name, convert in columns}
         except ValueError as exc:
             yield BadRow(line, str(exc))
             continue
@@ -768,9 +1112,10 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None) -> Iterator[Row 
         yield BadRow(*problems.popleft())
 
 
-def jsonl_rows(lines: Lines) -> Iterator[Row | BadRow]:
-    """Rows of JSON Lines: {"ric": ..., "service": ..., "type": "Refresh"|"Update", "fields": {...}}."""
-    problems, decode_row = lines.problems, _JSON_VALUES.decode
+def jsonl_rows(lines: Lines, types: "FieldTypes | None" = None) -> Iterator[Row | BadRow]:
+    """Rows of JSON Lines: {"ric": ..., "service": ..., "type": "Refresh"|"Update", "fields": {...}},
+    each value checked against its field's type."""
+    problems, decode_row, typed = lines.problems, _JSON_VALUES.decode, (types or FieldTypes()).json
     for text in lines:
         line = lines.number
         if problems:
@@ -794,12 +1139,9 @@ def jsonl_rows(lines: Lines) -> Iterator[Row | BadRow]:
                    "service is not a string" if service is not None and not isinstance(service, str) else
                    "fields is not an object" if not isinstance(fields, dict) else None)
         if problem is None:
-            bad = next((name for name, value in fields.items() if not finite(value)), None)
-            if bad is not None:
-                problem = f"{bad}: {fields[bad]} is beyond the range of a number"
-        if problem is None:
             try:
                 refresh = parse_type(obj.get("type"))
+                fields = {name: typed(name, value) for name, value in fields.items()}
             except ValueError as exc:
                 problem = str(exc)
         if problem:
@@ -844,10 +1186,39 @@ class Outcome(NamedTuple):
         return {k: v for k, v in self._asdict().items() if v is not None}
 
     def hint_key(self) -> str | None:
-        """The HINTS key for this outcome: its NakCode, or UnexpectedFID for that ADS Error."""
-        if self.status == "error" and self.text and "Unexpected FID" in self.text:
-            return "UnexpectedFID"
+        """The HINTS key for this outcome: its NakCode, or for an ADS Error about a field
+        (an unknown name, a value of the wrong type) the Error's kind and the field."""
+        if self.status == "error" and self.text:
+            if "Unexpected FID" in self.text:
+                return "UnexpectedFID"
+            for kind, pattern in FIELD_ERRORS.items():
+                match = pattern.search(self.text)
+                if match:
+                    return f"{kind}:{match['field']}"
         return self.nak_code
+
+    def hint(self) -> str | None:
+        key = self.hint_key()
+        if key is None or ":" not in key:
+            return HINTS.get(key)
+        kind, field = key.split(":", 1)
+        return FIELD_HINTS[kind].format(field=field)
+
+
+# The converter's Errors about one field's value, and what to do about each.
+FIELD_ERRORS = {
+    "Text": re.compile(r"Expected 'STRING' for key '(?P<field>[^']+)' Received 'PRIMITIVE'"),
+    "Number": re.compile(r"Expected 'PRIMITIVE' for key '(?P<field>[^']+)' Received 'STRING'"),
+    "Value": re.compile(r"Unexpected Value\. Received '[^']*' for key '(?P<field>[^']+)'"),
+}
+FIELD_HINTS = {
+    "Text": "{field} is a text field: to post digits as text, quote them as JSON, --field {field}:='\"0042\"' "
+            "(a JSON string in a JSON Lines file); or give --dictionary, which types every field",
+    "Number": "{field} takes a number (an enum its number, not its display name): post the number, or give "
+              "--dictionary with its enumtype.def, which maps display names",
+    "Value": "{field} does not take that value: check its type in the ADS's dictionary, or give --dictionary, "
+             "which checks every value before sending",
+}
 
 
 class Pending(NamedTuple):
@@ -1243,6 +1614,7 @@ class PostSpec(NamedTuple):
     post_user_info: bool = True
     post_user_address: str | None = None
     post_user_id: int | None = None
+    types: "FieldTypes | None" = None  # how the values were typed (and the rows of a file will be)
 
 
 class Reporter:
@@ -1260,7 +1632,7 @@ class Reporter:
 
     def emit(self, text: str, data: dict) -> None:
         """One result on stdout: `data` as a JSON line with --json, else `text`."""
-        self.line(_OUTPUT.encode(data) if self.as_json else text)
+        self.line(with_digits(_OUTPUT.encode(data)) if self.as_json else text)
 
     def line(self, text: str) -> None:
         """A line on stdout: the one place that writes there."""
@@ -1278,7 +1650,10 @@ class Reporter:
     def outcome(self, outcome: Outcome) -> None:
         if not (self.quiet and outcome.status == "ack"):
             self.emit(outcome.render(), outcome.data())
-        self.hint(outcome.hint_key())
+        text = outcome.hint()
+        if text is not None and not self.quiet and text not in self._hinted:
+            self._hinted.add(text)
+            self.say(f"hint: {text}")
 
     def result(self, text: str, data: dict, success: bool) -> None:
         if not (self.quiet and success):
@@ -2016,7 +2391,7 @@ def run_login(settings: Settings, reporter: Reporter) -> Exit:
 
 
 def run_post(settings: Settings, spec: PostSpec, refresh: bool, reporter: Reporter, *,
-             verify: bool = False, on_stream: bool = False, names: FieldNames | None = None) -> Exit:
+             verify: bool = False, on_stream: bool = False, names: FieldDictionary | None = None) -> Exit:
     """One post. on_stream: open the item's stream first and post on it; verify: after the Ack,
     read the item back and compare the fields just posted."""
     verified = Exit.OK
@@ -2053,7 +2428,7 @@ def item_refused(reply: "ItemRefresh | ItemStatus") -> bool:
 
 
 def read_back(session: Session, spec: PostSpec,
-              names: FieldNames | None) -> tuple[ItemRefresh, list[Mismatch], dict[str, Any]]:
+              names: FieldDictionary | None) -> tuple[ItemRefresh, list[Mismatch], dict[str, Any]]:
     """Snapshot the item just posted (waiting up to the ack timeout) and compare the posted fields:
     the reply, the mismatches, and the posted fields that could be checked."""
     view = [name for name in (field_name(key, names) for key in spec.fields) if name]
@@ -2068,14 +2443,19 @@ def read_back(session: Session, spec: PostSpec,
     return reply, mismatches, {k: v for k, v in spec.fields.items() if k not in unverified}
 
 
-def mismatch_hint(session: Session, reply: ItemRefresh) -> str:
+def mismatch_hint(session: Session, reply: ItemRefresh, mismatches: list[Mismatch]) -> str:
     if reply.post_user_info and reply.post_user_info != session.user_info:
         return f"the item was last posted by someone else ({describe_poster(reply.post_user_info)})"
+    blanked = [m.field for m in mismatches if m.present and isinstance(m.posted, str) and m.read is None]
+    if blanked:
+        return (f"{', '.join(blanked)} stored blank: an ADS that allows enum display names blanks one it "
+                "does not know, and the value is lost although acknowledged; post the enum's number, "
+                "or give --dictionary with its enumtype.def, which maps display names before sending")
     return ("the ADS stored another value: check the field's type in the ADS dictionary "
-            "(an enum takes its number, a date YYYY-MM-DD)")
+            "(an enum takes its number, a date YYYY-MM-DD), or give --dictionary to type every value")
 
 
-def verify_post(session: Session, spec: PostSpec, reporter: Reporter, names: FieldNames | None) -> Exit:
+def verify_post(session: Session, spec: PostSpec, reporter: Reporter, names: FieldDictionary | None) -> Exit:
     """post --verify: VERIFIED, or a MISMATCH line per field (exit 5)."""
     reply, mismatches, checked = read_back(session, spec, names)
     head = f"{word(spec.service)} {word(spec.ric)}"
@@ -2088,7 +2468,7 @@ def verify_post(session: Session, spec: PostSpec, reporter: Reporter, names: Fie
                     {"status": "mismatch", "service": spec.service, "ric": spec.ric,
                      "mismatches": [m._asdict() for m in mismatches],
                      "post_user_info": poster_data(reply.post_user_info)}, success=False)
-    reporter.notice(f"hint: {mismatch_hint(session, reply)}")
+    reporter.notice(f"hint: {mismatch_hint(session, reply, mismatches)}")
     return Exit.REJECTED
 
 
@@ -2098,7 +2478,7 @@ def poster_data(info: dict | None) -> dict | None:
 
 
 def run_get(settings: Settings, reporter: Reporter, service: str, ric: str, *, domain: str = "MarketPrice",
-            fields: tuple[str, ...] = (), timeout: float = 10.0, names: FieldNames | None = None) -> Exit:
+            fields: tuple[str, ...] = (), timeout: float = 10.0, names: FieldDictionary | None = None) -> Exit:
     """A snapshot of one item: its fields, State and last poster. 0 when found, 5 when the ADS
     answered with a closed Status."""
     view = view_of(fields, names)                 # a usage error before any I/O
@@ -2135,7 +2515,7 @@ class Watch:
     KINDS = {ItemRefresh: "refresh", ItemUpdate: "update", ItemStatus: "status"}
 
     def __init__(self, session: Session, reporter: Reporter, service: str, domain: str,
-                 count: int | None, names: FieldNames | None) -> None:
+                 count: int | None, names: FieldDictionary | None) -> None:
         self.session, self.reporter = session, reporter
         self.service, self.domain, self.count, self.names = service, domain, count, names
         self.updates = 0
@@ -2193,7 +2573,7 @@ class Watch:
 
 def run_watch(settings: Settings, reporter: Reporter, service: str, rics: tuple[str, ...], *,
               domain: str = "MarketPrice", fields: tuple[str, ...] = (), timeout: float = 10.0,
-              count: int | None = None, names: FieldNames | None = None) -> Exit:
+              count: int | None = None, names: FieldDictionary | None = None) -> Exit:
     """Streaming requests for the items; every Refresh, Update and Status printed until --count
     Updates, Ctrl-C, or the ADS closing every stream. Lost connections are recovered and the
     streams requested again."""
@@ -2506,7 +2886,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
                                    "while it is read")
             failed = FailedRows(failed_out, fmt, header)
         lines = Lines(binary, pipe)
-        rows = jsonl_rows(lines) if fmt == "jsonl" else csv_rows(lines, header)
+        rows = jsonl_rows(lines, spec.types) if fmt == "jsonl" else csv_rows(lines, header, spec.types)
         started = time.monotonic()
         progress = progress_bar(reporter, path)
         with Session(settings, reporter, spec=spec, recover=True) as session:
@@ -2813,18 +3193,18 @@ def check_post(session: Session, spec: PostSpec, refresh: bool, collector: Colle
     if outcome.status == "ack":
         return f"{'Refresh' if refresh else 'Update'} {render_fields(spec.fields.items())}: " \
                f"{outcome.render()}", None
-    raise OUTCOME_ERRORS[outcome.status](outcome.render(), HINTS.get(outcome.hint_key()))
+    raise OUTCOME_ERRORS[outcome.status](outcome.render(), outcome.hint())
 
 
-def check_read_back(session: Session, spec: PostSpec, names: FieldNames | None) -> tuple[str, None]:
+def check_read_back(session: Session, spec: PostSpec, names: FieldDictionary | None) -> tuple[str, None]:
     reply, mismatches, checked = read_back(session, spec, names)
     if mismatches:
-        raise Rejected("; ".join(m.render() for m in mismatches), mismatch_hint(session, reply))
+        raise Rejected("; ".join(m.render() for m in mismatches), mismatch_hint(session, reply, mismatches))
     return f"{render_fields(checked.items())} as posted ({item_state_words(reply.state)})", None
 
 
 def run_check(settings: Settings, reporter: Reporter, spec: PostSpec | None, refresh: bool = False,
-              names: FieldNames | None = None) -> Exit:
+              names: FieldDictionary | None = None) -> Exit:
     """The checklist; its exit status is the failing step's (3 connect, 4 login, 5 post or
     read-back, 6 a step that timed out). Only the first host of --host is checked."""
     hosts = settings.hosts()
@@ -2956,13 +3336,17 @@ class FieldType(click.ParamType):
     """--field NAME=VALUE or NAME:=JSON."""
     name = "NAME=VALUE"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, Any]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_field(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        """The text as given, its form checked; make_spec types the value (by the dictionary, if any)."""
+        if not _FIELD_FORM.match(value):
+            try:
+                parse_field(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        return value
+
+
+_FIELD_FORM = re.compile(r"-?[A-Za-z0-9_]+:?=", re.ASCII)
 
 
 class Finite(click.FloatRange):
@@ -3149,7 +3533,9 @@ def env(name: str) -> str:
 @click.option("--reconnect-max", type=seconds(), default=30.0,
               envvar=env("reconnect_max"), metavar="SECONDS", help="longest reconnect backoff")
 @click.option("--dictionary", metavar="PATH", envvar=env("dictionary"),
-              help="RDMFieldDictionary: list read fields in FID order, name posted FIDs")
+              help="RDMFieldDictionary: type posted values by their fields, list read fields in FID order")
+@click.option("--enum-dictionary", metavar="PATH", envvar=env("enum_dictionary"),
+              help="enumtype.def, for enum display names  [default: the one beside --dictionary]")
 @click.option("--user", metavar="NAME", envvar=env("user"), help="DACS user name  [default: your login name]")
 @click.option("--app-id", default=DEFAULT_APP_ID, envvar=env("app_id"), metavar="ID",
               help="DACS ApplicationId")
@@ -3163,7 +3549,8 @@ def env(name: str) -> str:
               help="use the built-in ADS emulator instead of a real ADS")
 @click.pass_context
 def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, connect_timeout: float,
-        retries: int, reconnect_min: float, reconnect_max: float, dictionary: str | None, user: str | None,
+        retries: int, reconnect_min: float, reconnect_max: float, dictionary: str | None,
+        enum_dictionary: str | None, user: str | None,
         app_id: str, position: str | None, verbose: int, quiet: bool, as_json: bool, sim: bool) -> None:
     """Contribute data to an ADS (Refinitiv Real-Time) over its WebSocket API."""
     setup_logging(verbose, quiet)
@@ -3172,7 +3559,7 @@ def cli(ctx: click.Context, host: str | None, port: int, path: str, tls: bool, c
     settings = Settings(host, port, user, app_id, position, path, tls, connect_timeout, retries,
                         reconnect_min, max(reconnect_min, reconnect_max))
     ctx.obj = {"settings": settings, "sim": sim, "quiet": quiet, "dictionary": dictionary,
-               "reporter": Reporter(sys.stdout, sys.stderr, as_json, quiet)}
+               "enum_dictionary": enum_dictionary, "reporter": Reporter(sys.stdout, sys.stderr, as_json, quiet)}
 
 
 def sim_beats_host(ctx: click.Context, host: str) -> None:
@@ -3188,10 +3575,15 @@ def sim_beats_host(ctx: click.Context, host: str) -> None:
                            f"--host {host} (from {sources[host_from]}): drop one of them")
 
 
-def names_of(ctx: click.Context) -> FieldNames | None:
-    """The --dictionary, read when a command needs it."""
-    path = ctx.obj["dictionary"]
-    return load_field_names(path) if path else None
+def names_of(ctx: click.Context) -> FieldDictionary | None:
+    """The --dictionary (with its enum tables), read once, when a command needs it."""
+    obj = ctx.find_root().obj
+    if "names" not in obj:
+        path, enums = obj["dictionary"], obj["enum_dictionary"]
+        if enums and not path:
+            raise UsageProblem("--enum-dictionary needs --dictionary (the field dictionary it goes with)")
+        obj["names"] = load_dictionary(path, enums) if path else None
+    return obj["names"]
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -3215,7 +3607,13 @@ def start_sim(ctx: click.Context, settings: Settings) -> Settings:
     """Start the emulator in-process on a free loopback port; stopped when the command ends."""
     import ads_emulator
 
-    emulator = ads_emulator.Emulator(host="127.0.0.1", port=0, keep_received=False).start()
+    obj = ctx.obj
+    try:                                  # the same field dictionary as the contributor's, if given
+        dictionary = ads_emulator.Dictionary.from_files(obj["dictionary"], obj["enum_dictionary"]) \
+            if obj["dictionary"] else None
+    except (OSError, ValueError) as exc:
+        raise UsageProblem(f"--sim: the emulator cannot read the dictionary: {exc}") from None
+    emulator = ads_emulator.Emulator(host="127.0.0.1", port=0, keep_received=False, dictionary=dictionary).start()
 
     def stop() -> None:
         try:
@@ -3248,6 +3646,8 @@ def post_options(required: bool = True) -> Callable[[Callable], Callable]:
                      help="PostUserInfo Address  [default: the connection's local IPv4 address]"),
         click.option("--post-user-id", type=int, metavar="N", envvar=env("post_user_id"),
                      help="PostUserInfo UserID  [default: this process id]"),
+        click.option("--truncate", is_flag=True, envvar=env("truncate"),
+                     help="with --dictionary: cut text longer than its field holds, instead of refusing it"),
     ]
 
     def decorate(command: Callable) -> Callable:
@@ -3257,10 +3657,11 @@ def post_options(required: bool = True) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def make_spec(ric: str | None, service: str | None, fields: tuple, domain: str, ack_timeout: float,
-              post_user_info: bool, post_user_address: str | None, post_user_id: int | None,
-              bulk: bool = False) -> PostSpec:
-    """What to post, checked: --ric and --field (or a file), and a service."""
+def make_spec(ctx: click.Context, ric: str | None, service: str | None, fields: tuple, domain: str,
+              ack_timeout: float, post_user_info: bool, post_user_address: str | None,
+              post_user_id: int | None, truncate: bool, bulk: bool = False) -> PostSpec:
+    """What to post, checked before any I/O: --ric and --field (or a file), a service, and
+    every value typed (by --dictionary when given)."""
     if bulk and (ric or fields):
         raise click.UsageError("--file excludes --ric and --field: the file gives the items and fields")
     if not bulk and not ric:
@@ -3268,8 +3669,13 @@ def make_spec(ric: str | None, service: str | None, fields: tuple, domain: str, 
     if not bulk and not fields:
         raise click.UsageError("Missing option '--field'.")
     service = (service or "") if bulk else need_service(service)    # rows may name their service
-    return PostSpec(service, ric or "", dict(fields), domain, ack_timeout, post_user_info,
-                    post_user_address, post_user_id)
+    types = FieldTypes(names_of(ctx), truncate)
+    try:
+        typed = dict(parse_field(field, types) for field in fields)
+    except ValueError as exc:
+        raise UsageProblem(f"--field {exc}") from None
+    return PostSpec(service, ric or "", typed, domain, ack_timeout, post_user_info,
+                    post_user_address, post_user_id, types)
 
 
 def need_service(service: str | None) -> str:
@@ -3320,7 +3726,7 @@ def post(ctx: click.Context, refresh: bool, path: str | None, fmt: str | None, w
     and TYPE, then one column per field) or of JSON Lines ({"ric", "service",
     "type", "fields"}), pipelined; only failed rows are printed, then a summary.
     """
-    spec = make_spec(**spec, bulk=path is not None)
+    spec = make_spec(ctx, **spec, bulk=path is not None)
     if path is None:
         ctx.exit(run_post(settings_of(ctx), spec, refresh, ctx.obj["reporter"], verify=verify,
                           on_stream=on_stream, names=names_of(ctx) if verify else None))
@@ -3351,7 +3757,7 @@ def run(ctx: click.Context, refresh: bool, interval: float, count: int | None, w
     A lost connection is recovered: backoff, reconnect through the host list,
     log in, and post again what was in flight (unless --no-resend).
     """
-    spec = make_spec(**spec)
+    spec = make_spec(ctx, **spec)
     ctx.exit(run_run(settings_of(ctx), spec, ctx.obj["reporter"], refresh=refresh,
                      interval=interval, count=count, walk_fields=walk, window=window, resend=resend))
 
@@ -3406,7 +3812,7 @@ def check(ctx: click.Context, refresh: bool, **options: Any) -> None:
     """
     spec = None
     if options["ric"] or options["fields"]:
-        spec = make_spec(**options)
+        spec = make_spec(ctx, **options)
     ctx.exit(run_check(settings_of(ctx), ctx.obj["reporter"], spec, refresh, names_of(ctx)))
 
 

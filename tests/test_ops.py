@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from ads_emulator import Emulator, Faults, Item, World, parse_nak_rule
+from ads_emulator import Dictionary, Emulator, Faults, Item, World, parse_nak_rule
 from conftest import DICTIONARY, TIMEOUT, TLS, Client, post as post_msg, serve_in_thread
 from test_e2e import ENV, args_for, contribute, post, received
 
@@ -283,23 +283,39 @@ def test_verify_reads_the_item_back(emu):
     assert request["Streaming"] is False and request["View"] == ["BID", "GEN_TEXT16"]
 
 
-def test_verify_mismatch_field_by_field_exit_5(emu):
-    """The converter stores a string posted to an Enum field as blank (protocol.md section 10)."""
-    result = post(emu, "--verify", fields=("RDN_EXCHID=NYS", "BID=1.25", "CURRENCY=USD"))
+@pytest.fixture
+def permissive_emu():
+    """An emulator whose converter allows enum display strings (protocol.md section 10): an
+    unknown one is acknowledged and stored blank."""
+    dictionary = Dictionary.builtin()
+    dictionary.enum_names = True
+    with Emulator(dictionary=dictionary) as emulator:
+        yield emulator
+
+
+def test_verify_mismatch_field_by_field_exit_5(permissive_emu):
+    """A permissive converter stores an unknown enum display string as blank, after an Ack."""
+    result = post(permissive_emu, "--verify", fields=("RDN_EXCHID=NYX", "BID=1.25", "CURRENCY=USX", "ASK=2"))
     assert result.returncode == 5
     assert result.stdout == ("ACK NIPROV UMER.TST post 1\n"
-                             'MISMATCH NIPROV UMER.TST RDN_EXCHID posted "NYS", read null\n'
-                             'MISMATCH NIPROV UMER.TST CURRENCY posted "USD", read null\n')
-    assert "an enum takes its number" in result.stderr
+                             'MISMATCH NIPROV UMER.TST RDN_EXCHID posted "NYX", read null\n'
+                             'MISMATCH NIPROV UMER.TST CURRENCY posted "USX", read null\n')
+    assert "hint: RDN_EXCHID, CURRENCY stored blank" in result.stderr
 
 
-def test_verify_mismatch_as_json(emu):
-    result = post(emu, "--verify", fields=("RDN_EXCHID=NYS",), opts=("--json",))
+def test_verify_a_known_display_name_maps_on_a_permissive_converter(permissive_emu):
+    result = post(permissive_emu, "--verify", fields=("CURRENCY=USD",))
+    assert result.returncode == 5 and 'CURRENCY posted "USD", read 840' in result.stdout
+
+
+def test_verify_mismatch_as_json(permissive_emu):
+    emu = permissive_emu
+    result = post(emu, "--verify", fields=("RDN_EXCHID=NYX",), opts=("--json",))
     assert result.returncode == 5
     ack, mismatch = map(json.loads, result.stdout.splitlines())
     assert ack["status"] == "ack"
     assert mismatch == {"status": "mismatch", "service": "NIPROV", "ric": "UMER.TST",
-                        "mismatches": [{"field": "RDN_EXCHID", "posted": "NYS", "read": None, "present": True}],
+                        "mismatches": [{"field": "RDN_EXCHID", "posted": "NYX", "read": None, "present": True}],
                         "post_user_info": mismatch["post_user_info"]}
     assert mismatch["post_user_info"]["address"] == "127.0.0.1"
 
@@ -585,10 +601,10 @@ def test_check_no_ack_for_the_test_post_exit_6():
     assert "TIMEOUT NIPROV UMER.TST post 1" in result.stdout
 
 
-def test_check_a_read_back_mismatch_exit_5(emu):
-    result = check(emu.port, "--service", "NIPROV", "--ric", "UMER.TST", "--field", "RDN_EXCHID=NYS")
+def test_check_a_read_back_mismatch_exit_5(permissive_emu):
+    result = check(permissive_emu.port, "--service", "NIPROV", "--ric", "UMER.TST", "--field", "RDN_EXCHID=NYX")
     expect(result, 5, 5)
-    assert 'RDN_EXCHID posted "NYS", read null' in result.stdout
+    assert 'RDN_EXCHID posted "NYX", read null' in result.stdout
 
 
 def test_check_quiet_prints_only_a_failure(emu):

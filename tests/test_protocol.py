@@ -15,7 +15,7 @@ from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemU
                         LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
                         ProtocolViolation, ServerError, UsageProblem, build_close, build_login,
                         build_login_close, build_post, build_request, classify, compare_fields,
-                        encode, in_fid_order, item_state_words, load_field_names, parse_field,
+                        encode, in_fid_order, item_state_words, load_dictionary, parse_field,
                         read_config, view_of, walk)
 
 
@@ -137,20 +137,20 @@ def test_classify_item_messages():
 def test_field_dictionary_orders_fields_and_names_fids(tmp_path):
     path = tmp_path / "RDMFieldDictionary"
     path.write_text(DICTIONARY)
-    names = load_field_names(str(path))
+    names = load_dictionary(str(path))
     assert names.fid_of["GEN_TEXT16"] == 1000 and names.name_of[22] == "BID"
     fields = {"GEN_TEXT16": "x", "LOCAL": 1, "ASK": 2.0, "TRDPRC_1": 3.0}
     assert [k for k, _ in in_fid_order(fields, names)] == ["TRDPRC_1", "ASK", "GEN_TEXT16", "LOCAL"]
     assert [k for k, _ in in_fid_order(fields, None)] == list(fields)       # as the ADS sent them
     path.write_text("BID no quotes here\n")
     with pytest.raises(UsageProblem, match=":1: not an RDMFieldDictionary line"):
-        load_field_names(str(path))
+        load_dictionary(str(path))
 
 
 def test_view_of_names_and_fids(tmp_path):
     path = tmp_path / "dict"
     path.write_text(DICTIONARY)
-    names = load_field_names(str(path))
+    names = load_dictionary(str(path))
     assert view_of((), None) is None
     assert view_of(("BID", "ASK"), None) == ["BID", "ASK"]
     assert view_of(("22", "25"), None) == [22, 25]               # FIDs go as numbers
@@ -170,7 +170,7 @@ def test_compare_fields(tmp_path):
     assert mismatches[3].render() == "TRDPRC_1 posted 1.0, read (absent)"
     path = tmp_path / "dict"
     path.write_text(DICTIONARY)
-    assert compare_fields({"22": 22.1, "25": 1.0}, read, load_field_names(str(path))) == \
+    assert compare_fields({"22": 22.1, "25": 1.0}, read, load_dictionary(str(path))) == \
         ([Mismatch("25", 1.0, 24.0, True)], [])
 
 
