@@ -251,12 +251,10 @@ class Digits(str):
         return self[1:]
 
 
-_DIGITS = re.compile(r'"\\u0000(-?[0-9][0-9.eE+-]*)"')
-
-
 def with_digits(text: str) -> str:
-    """Encoded JSON with each Digits written as the number it holds."""
-    return _DIGITS.sub(r"\1", text) if "\\u0000" in text else text
+    """Encoded JSON with each Digits written as the number it holds. (This module's patterns
+    that a one-shot post does not need are compiled on first use, through re's own cache.)"""
+    return re.sub(r'"\\u0000(-?[0-9][0-9.eE+-]*)"', r"\1", text) if "\\u0000" in text else text
 
 
 def positive_int(value: Any) -> int | None:
@@ -611,7 +609,7 @@ def load_dictionary(path: str, enum_path: str | None = None) -> FieldDictionary:
         for number, line in enumerate(lines, 1):
             if not line.strip() or line.startswith("!"):
                 continue
-            match = _DICTIONARY_LINE.fullmatch(line.strip())
+            match = re.fullmatch(_DICTIONARY_LINE, line.strip())
             if not match:
                 raise UsageProblem(f"--dictionary {path}:{number}: not an RDMFieldDictionary line "
                                    '(ACRONYM "DDE NAME" FID RIPPLES TYPE LENGTH RWF_TYPE RWF_LEN)')
@@ -627,9 +625,9 @@ def load_dictionary(path: str, enum_path: str | None = None) -> FieldDictionary:
     return dictionary
 
 
-_DICTIONARY_LINE = re.compile(r'(?P<name>\S+)\s+"[^"]*"\s+(?P<fid>-?\d+)\s+\S+\s+\S+\s+'
-                              r'(?P<length>\d+)(\s*\(\s*\d+\s*\))?\s+(?P<rwf>[A-Za-z_0-9]+)\s+\d+', re.ASCII)
-_ENUM_VALUE = re.compile(r'(?P<value>\d+)\s+(?:"(?P<text>[^"]*)"|#(?P<hex>[0-9A-Fa-f]*)#)(\s.*)?', re.ASCII)
+_DICTIONARY_LINE = r'(?a)(?P<name>\S+)\s+"[^"]*"\s+(?P<fid>-?\d+)\s+\S+\s+\S+\s+' \
+    r'(?P<length>\d+)(\s*\(\s*\d+\s*\))?\s+(?P<rwf>[A-Za-z_0-9]+)\s+\d+'
+_ENUM_VALUE = r'(?a)(?P<value>\d+)\s+(?:"(?P<text>[^"]*)"|#(?P<hex>[0-9A-Fa-f]*)#)(\s.*)?'
 
 
 def add_enum_tables(dictionary: FieldDictionary, path: str) -> None:
@@ -642,7 +640,7 @@ def add_enum_tables(dictionary: FieldDictionary, path: str) -> None:
             if not text or text.startswith("!"):
                 continue
             if text[0].isdigit():
-                match = _ENUM_VALUE.fullmatch(text)
+                match = re.fullmatch(_ENUM_VALUE, text)
                 if not match or not tables:
                     raise UsageProblem(f"--enum-dictionary {path}:{number}: not an enumtype.def line "
                                        '(ACRONYM FID, or VALUE "DISPLAY" MEANING)')
@@ -1192,7 +1190,7 @@ class Outcome(NamedTuple):
             if "Unexpected FID" in self.text:
                 return "UnexpectedFID"
             for kind, pattern in FIELD_ERRORS.items():
-                match = pattern.search(self.text)
+                match = re.search(pattern, self.text)
                 if match:
                     return f"{kind}:{match['field']}"
         return self.nak_code
@@ -1207,9 +1205,9 @@ class Outcome(NamedTuple):
 
 # The converter's Errors about one field's value, and what to do about each.
 FIELD_ERRORS = {
-    "Text": re.compile(r"Expected 'STRING' for key '(?P<field>[^']+)' Received 'PRIMITIVE'"),
-    "Number": re.compile(r"Expected 'PRIMITIVE' for key '(?P<field>[^']+)' Received 'STRING'"),
-    "Value": re.compile(r"Unexpected Value\. Received '[^']*' for key '(?P<field>[^']+)'"),
+    "Text": r"Expected 'STRING' for key '(?P<field>[^']+)' Received 'PRIMITIVE'",
+    "Number": r"Expected 'PRIMITIVE' for key '(?P<field>[^']+)' Received 'STRING'",
+    "Value": r"Unexpected Value\. Received '[^']*' for key '(?P<field>[^']+)'",
 }
 FIELD_HINTS = {
     "Text": "{field} is a text field: to post digits as text, quote them as JSON, --field {field}:='\"0042\"' "
