@@ -681,9 +681,12 @@ class FieldTypes:
     converter, jsonToRwfBase.C; the Java one, JsonRealConverter and the like):
     - INT, UINT, ENUM: a JSON number read with atoi, so 22.5 is stored 22 and 1e5 as 1: only
       whole numbers in range are sent. A string draws a Token Type Error.
-    - REAL: a JSON number, or the strings "Inf", "-Inf", "NaN"; the ADS keeps the decimal
-      places as the Real's hint and writes them out again (rsslRealToString: 22.10 stays 22.10),
-      so the digits are sent as written (Digits).
+    - REAL: a JSON number, or the strings "Inf", "-Inf", "NaN". A Real is a mantissa and a
+      decimal hint, and the ADS writes it out with the hint (rwfToJsonSimple: rsslRealToString,
+      so 2210 at 10^-2 reads 22.10); the C converter's JSON-to-Real parser is not in the files
+      we could read (the Java one parses the number's text, but through a double). So the
+      digits go as written (Digits), and an ADS that keeps them shows 22.10, one that does not
+      shows 22.1: never another number.
     - ENUM: the number only; an ADS whose converter allows display strings maps the known ones
       and stores an unknown one blank. Here a display name is mapped through enumtype.def.
     - DATE, TIME, DATETIME: ISO 8601 strings (2024-01-02, 14:30:05.123, 2024-01-02T14:30:05).
@@ -837,7 +840,7 @@ def valid_date_time(kind: str, text: str) -> bool:
         if date:
             datetime.date.fromisoformat(date)
         if time_:
-            datetime.time.fromisoformat(time_[:15] if "." not in time_ else time_.split(".")[0])
+            datetime.time.fromisoformat(time_.split(".")[0])
     except ValueError:
         return False
     return True
