@@ -213,3 +213,40 @@ def test_digits_go_on_the_wire_as_written_and_nothing_else_does():
         parse_field("GEN_TEXT16:=\"\\u000022.10\"", types)          # could pass for a Digits
     with pytest.raises(ValueError, match="NUL"):
         parse_field("GEN_TEXT16:=\"\\u000022.10\"")
+
+
+# ------------------------------------------------------------ text as itself (issue 12)
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_non_ascii_text_goes_as_utf8_not_as_escapes(tmp_path, bulk):
+    """The ADS's converter drops a backslash and keeps the next character (protocol.md section
+    10), so text must go as UTF-8: an escaped é would be stored as u00e9. Both codecs (json for
+    one post, orjson for a file) write it as itself."""
+    log = tmp_path / "frames.jsonl"
+    with open(log, "w") as log_file, Emulator(log_file=log_file) as emu:
+        if bulk:
+            rows = tmp_path / "rows.csv"
+            rows.write_text("RIC,GEN_TEXT16\nUMER.TST,Café ☕ 1€\n", encoding="utf-8")
+            result = contribute(emu.port, "post", "--service", "NIPROV", "--file", str(rows))
+        else:
+            result = contribute(emu.port, "post", "--service", "NIPROV", "--ric", "UMER.TST",
+                                "--field", "GEN_TEXT16=Café ☕ 1€")
+        stored = emu.item("NIPROV", "UMER.TST")["GEN_TEXT16"]
+    assert result.returncode == 0, result.stderr
+    frames = [json.loads(line)["frame"] for line in log.read_text().splitlines()]
+    posted = next(frame for frame in frames if '"Type":"Post"' in frame)
+    assert "Café ☕ 1€" in posted and "\\u" not in posted and stored == "Café ☕ 1€"
+
+
+def test_an_integer_beyond_64_bits_is_refused_before_sending(tmp_path):
+    """orjson cannot write one; json could, but no field holds it: a usage error, not a traceback."""
+    with Emulator() as emu:
+        result = contribute(emu.port, "post", "--service", "NIPROV", "--ric", "UMER.TST",
+                            "--field", "BIDSIZE:=184467440737095516160")
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text('{"ric": "UMER.TST", "fields": {"BIDSIZE": 184467440737095516160}}\n'
+                        '{"ric": "UMER.TST", "fields": {"BIDSIZE": 5}}\n')
+        bulk = contribute(emu.port, "post", "--service", "NIPROV", "--file", str(rows))
+        stored = emu.item("NIPROV", "UMER.TST")["BIDSIZE"]
+    assert result.returncode == 2 and "beyond the range of a 64-bit integer" in result.stderr
+    assert bulk.returncode == 2 and bulk.stdout.startswith("INVALID line 1") and stored == 5

@@ -9,7 +9,7 @@ import pytest
 
 import contribute
 from conftest import DICTIONARY
-from contribute import (AckBatch, BadRow, Lines, LoginNotice, csv_rows, decode,
+from contribute import (STDLIB, Digits, fast_codec, AckBatch, BadRow, Lines, LoginNotice, csv_rows, decode,
                         jsonl_rows, load_config, pack, parse_host)
 from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger,
                         LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
@@ -296,17 +296,39 @@ def test_pack_splits_by_count_and_bytes_and_refuses_what_cannot_go():
     posts = [build_post(i, "S", "R", {"GEN_TEXT16": "x" * 400}) for i in range(1, 251)]   # ~540 bytes each
     frames = list(pack(posts, 61430))
     assert [len(f.messages) for f in frames] == [100, 100, 50]         # PER_FRAME, then bytes fit
-    assert all(f.text and len(f.text) <= 61430 for f in frames)
-    assert json.loads(frames[0].text)[0]["PostID"] == 1
+    assert all(f.data and len(f.data) <= 61430 for f in frames)
+    assert json.loads(frames[0].data)[0]["PostID"] == 1
     small = list(pack(posts[:10], 3000))
-    assert sum(len(f.messages) for f in small) == 10 and all(len(f.text) <= 3000 for f in small)
+    assert sum(len(f.messages) for f in small) == 10 and all(len(f.data) <= 3000 for f in small)
     one = list(pack(posts[:1], 61430))
-    assert json.loads(one[0].text)["PostID"] == 1                       # a lone message: an object
+    assert json.loads(one[0].data)["PostID"] == 1                       # a lone message: an object
     odd = [build_post(1, "S", "R", {"BID": 1.0}), build_post(2, "S", "R", {"BID": float("inf")}),
            build_post(3, "S", "R", {"GEN_TEXT16": "y" * 70000})]
     frames = list(pack(odd, 61430))
-    assert [(f.messages[0]["PostID"], f.text is None) for f in frames] == [(1, False), (2, True), (3, True)]
-    assert "finite" in frames[1].problem and "MaxMsgSize" in frames[2].problem
+    assert [(f.messages[0]["PostID"], f.data is None) for f in frames] == [(1, False), (2, True), (3, True)]
+    assert "NaN, Infinity" in frames[1].problem and "MaxMsgSize" in frames[2].problem
+
+
+@pytest.mark.parametrize("codec", ["stdlib", "orjson"])
+def test_max_msg_size_counts_utf8_bytes(codec):
+    """Text goes as UTF-8 (3 bytes for each "€"), and MaxMsgSize counts those bytes."""
+    dumps = (STDLIB if codec == "stdlib" else fast_codec()).dumps
+    posts = [build_post(i, "S", "R", {"GEN_TEXT16": "€" * 1000}) for i in range(1, 5)]    # ~3,100 bytes each
+    frames = list(pack(posts, 7000, dumps))
+    assert [len(f.messages) for f in frames] == [2, 2] and all(len(f.data) <= 7000 for f in frames)
+    assert "€".encode() in frames[0].data and b"\\u20ac" not in frames[0].data
+
+
+def test_both_codecs_write_the_same_bytes():
+    fast = fast_codec()
+    messages = [build_login("fred", "256", "10.0.0.1/host"),
+                build_post(7, "NIPROV", "É.TST", {"BID": 22.1, "ASK": Digits("24.50"), "GEN_TEXT16": "café",
+                                                  "BIDSIZE": 100, "RDN_EXCHID": None, "22": -1.5e-07},
+                           refresh=True, post_user_info={"Address": "127.0.0.1", "UserID": 42})]
+    for message in messages + [messages]:
+        assert STDLIB.dumps(message) == fast.dumps(message).replace(b"e-7", b"e-07")
+    assert json.loads(STDLIB.dumps(messages[1])) == json.loads(fast.dumps(messages[1]))   # 1.5e-07: one number
+    assert b'"ASK":24.50,' in fast.dumps(messages[1]) and "café".encode() in fast.dumps(messages[1])
 
 
 def test_decode_batches_plain_acks_and_keeps_order():
