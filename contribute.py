@@ -1320,6 +1320,20 @@ class Ledger:
         """Count an outcome (also one for a row that never became a post)."""
         self.counts[status] = self.counts.get(status, 0) + 1
 
+    def acked(self, ack_ids: list) -> tuple[list[int], list]:
+        """End the posts of a frame of plain Acks at once: (their PostIDs, the AckIDs of no
+        pending post)."""
+        pending, unsent, done, others = self.pending, self.unsent, [], []
+        for ack_id in ack_ids:
+            if type(ack_id) is int and pending.pop(ack_id, None) is not None:
+                unsent.pop(ack_id, None)
+                done.append(ack_id)
+            else:
+                others.append(ack_id)
+        if done:
+            self.counts["ack"] = self.counts.get("ack", 0) + len(done)
+        return done, others
+
     def late_ack(self, post_id: Any) -> bool:
         """True, once, for the Ack of a post that has already timed out."""
         if type(post_id) is int and self._expired.pop(post_id, 0) is None:
@@ -1772,6 +1786,7 @@ class Session:
         self.on_other: Callable[[Any], None] | None = None    # events that are not the protocol's
         self.on_reconnect: Callable[[], None] | None = None   # logged in again, before the resend
         self.on_late: Callable[[int], None] | None = None     # an Ack after the post's TIMEOUT
+        self.on_acks: Callable[[list[int]], None] | None = None   # posts acked, instead of outcomes
         # Item streams: each open stream's handler, and the Requests to send again after a
         # reconnect (streaming ones only). Stream IDs follow the login's.
         self.items: dict[int, Callable[[Any], None]] = {}
@@ -2258,7 +2273,18 @@ class Session:
             self.on_other(event)
 
     def _on_ack_batch(self, event: AckBatch) -> None:
-        for ack_id in event.ack_ids:
+        """Plain Acks. With on_acks (bulk, where an Ack prints nothing) they end their posts in
+        one step per frame, with no Outcome each; Acks for no pending post are settled one by
+        one (late ones are counted)."""
+        if self.on_acks is None:
+            for ack_id in event.ack_ids:
+                self.settle(ack_id, "ack")
+            return
+        done, others = self.ledger.acked(event.ack_ids)
+        if done:
+            self._proven()
+            self.on_acks(done)
+        for ack_id in others:
             self.settle(ack_id, "ack")
 
     def _on_acked(self, event: Acked) -> None:
@@ -2714,31 +2740,53 @@ class Bulk:
 
     # -- rows in
 
-    def feed(self, rows: Iterator[Row | BadRow], events: Any) -> None:
-        """The reader thread: a credit before each row is read, then the row goes on the queue."""
+    def feed(self, rows: Iterator[Row | BadRow], events: Any, batch_size: int = 1) -> None:
+        """The reader thread: a credit before each row is read, then the rows go on the queue, in
+        lists of up to batch_size (PER_FRAME from a file; one by one from a pipe, whose rows may
+        come slowly). Rows held are handed over before waiting for a credit."""
         end = EndOfInput(None)
+        batch: list[Row | BadRow] = []
         try:
             rows = iter(rows)
             while True:
                 if self.credits:
                     self.credits -= 1
                 else:
-                    self.slots.get()
+                    try:
+                        self.slots.get(block=False)
+                    except queue.Empty:
+                        if not self.hand_over(batch, events):
+                            return
+                        batch = []
+                        self.slots.get()
                 item = next(rows, None)
                 if item is None:
                     break
-                with self.lock:
-                    if not self.reading:
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    if not self.hand_over(batch, events):
                         return
-                    events.put((None, item))
+                    batch = []
         except Exception as exc:            # unreadable input (an I/O error): reported, not raised
             end = EndOfInput(f"{type(exc).__name__}: {exc}")
-        with self.lock:
-            if self.reading:
-                events.put((None, end))
+        if self.hand_over(batch, events):
+            self.hand_over([end], events)
 
-    def take(self, item: Any) -> None:
-        """The main thread's side of the queue (Session.on_other)."""
+    def hand_over(self, batch: list, events: Any) -> bool:
+        """Rows to the main thread, unless it stopped reading (then False)."""
+        with self.lock:
+            if not self.reading:
+                return False
+            if batch:
+                events.put((None, batch))
+            return True
+
+    def take(self, items: list) -> None:
+        """The main thread's side of the queue (Session.on_other): a list of rows from the reader."""
+        for item in items:
+            self.take_one(item)
+
+    def take_one(self, item: Any) -> None:
         if isinstance(item, Row):
             self.last_line = item.line
             if self.stopped or not self.reading or self.session.stopping:
@@ -2832,6 +2880,13 @@ class Bulk:
         self.timed_out[outcome.post_id] = row
         if len(self.timed_out) > self.window:
             self.failed.write(self.timed_out.pop(next(iter(self.timed_out))))
+
+    def on_acks(self, post_ids: list[int]) -> None:
+        """Posts acknowledged (a frame's plain Acks at once): their credits come back."""
+        rows, give_back = self.rows, self.slots.put
+        for post_id in post_ids:
+            if rows.pop(post_id, None) is not None:
+                give_back(None)
 
     def on_late(self, post_id: int) -> None:
         """An Ack after the TIMEOUT: the ADS has the row, so it stays out of --failed-out."""
@@ -2932,7 +2987,9 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
             session.connect()
             bulk = Bulk(session, spec, refresh, window, rate, strict, failed)
             session.outcome, session.on_other, session.on_late = bulk.on_outcome, bulk.take, bulk.on_late
-            threading.Thread(target=bulk.feed, args=(rows, session.events), name="input", daemon=True).start()
+            session.on_acks = bulk.on_acks
+            threading.Thread(target=bulk.feed, args=(rows, session.events, 1 if pipe else PER_FRAME),
+                             name="input", daemon=True).start()
             while not (bulk.done or bulk.stopped or session.stopping):
                 bulk.release_held()
                 sending = session.ledger.unsent and session.connected
