@@ -97,6 +97,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import orjson
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -230,9 +231,13 @@ class Dictionary:
 
     def lookup(self, key: str) -> FieldDef | None:
         """A field by acronym, or by FID when the key is all digits (with an optional '-')."""
-        if re.fullmatch(r"-?\d+", key):
+        fdef = self.by_name.get(key)
+        if fdef is None and _FID.fullmatch(key):
             return self.by_fid.get(int(key))
-        return self.by_name.get(key)
+        return fdef
+
+
+_FID = re.compile(r"-?\d+", re.ASCII)
 
 
 # ------------------------------------------------------------ errors & checks
@@ -275,6 +280,7 @@ class RealText(float):
     """A JSON decimal with the text it was written as: the converter keeps a Real's decimal
     places as its hint (22.10 is 2210 at hint 10^-2), so the cache keeps them too. (The
     emulator's JSON output writes the float, 22.1; an ADS writes 22.10.)"""
+    __slots__ = ("text",)
 
     def __new__(cls, text: str) -> RealText:
         real = super().__new__(cls, text)
@@ -458,7 +464,9 @@ def parse_nak_rule(text: str) -> tuple[str, str, str]:
 
 
 def encode(messages: list[dict]) -> str:
-    return json.dumps(messages, separators=(",", ":"))
+    """Compact JSON, text as UTF-8 (orjson: the emulator must not be the slowest part of a
+    benchmark); a RealText is written as its float."""
+    return orjson.dumps(messages, default=float).decode()
 
 
 class Session:
@@ -812,6 +820,9 @@ def with_domain(msg: dict, domain: str) -> dict:
     return msg
 
 
+_CHECKED_ADDRESSES: set[str] = set()       # addresses already found well-formed
+
+
 def check_post_user_info(info: Any, stream: int) -> None:
     expect("PostUserInfo", info, "OBJECT", stream)
     for key in ("Address", "UserID"):
@@ -819,9 +830,12 @@ def check_post_user_info(info: Any, stream: int) -> None:
             raise ProtocolError(f"JSON Missing required key '{key}'", stream)
     address, user_id = info["Address"], info["UserID"]
     if isinstance(address, str):            # dotted-decimal IPv4 only: the ADS has no IPv6 here
-        parts = address.split(".")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
-            raise ProtocolError("JSON RSSL Conversion Error. RSSL error code : -1", stream)
+        if address not in _CHECKED_ADDRESSES:
+            parts = address.split(".")
+            if len(parts) != 4 or not all(p.isascii() and p.isdigit() and int(p) < 256 for p in parts):
+                raise ProtocolError("JSON RSSL Conversion Error. RSSL error code : -1", stream)
+            if len(_CHECKED_ADDRESSES) < 1024:
+                _CHECKED_ADDRESSES.add(address)
     elif not isinstance(address, int) or isinstance(address, bool):
         raise ProtocolError("JSON Converter Token Type error: token: Address was not expected "
                             f"type:{'NULL' if address is None else token_type(address)}", stream)

@@ -2782,9 +2782,19 @@ class Bulk:
             return True
 
     def take(self, items: list) -> None:
-        """The main thread's side of the queue (Session.on_other): a list of rows from the reader."""
+        """The main thread's side of the queue (Session.on_other): a list of rows from the reader.
+        Rows that go straight out, the usual case, take the short way."""
+        if self.strict or self.rate or self.stopped or not self.reading or self.session.stopping:
+            for item in items:
+                self.take_one(item)
+            return
+        service, post = self.spec.service, self.post
         for item in items:
-            self.take_one(item)
+            if item.__class__ is Row and (item.service or service):
+                self.last_line = item.line
+                post(item)
+            else:
+                self.take_one(item)
 
     def take_one(self, item: Any) -> None:
         if isinstance(item, Row):
