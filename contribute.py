@@ -415,6 +415,14 @@ def decode(data: str | bytes, loads: Callable[[Any], Any] = json.loads) -> list[
         parsed = loads(data)
     except ValueError as exc:
         raise ProtocolViolation(f"the server sent a frame that is not JSON ({exc})") from None
+    if parsed.__class__ is list and data.__class__ is bytes and b'"NakCode"' not in data \
+            and b'"Text"' not in data:          # the bulk case: a frame of plain Acks and nothing else
+        try:
+            ack_ids = [msg["AckID"] for msg in parsed if msg["Type"] == "Ack"]
+        except (KeyError, TypeError):
+            ack_ids = None
+        if ack_ids and len(ack_ids) == len(parsed):
+            return [AckBatch(ack_ids)]
     events: list[Event] = []
     acks: list = []
     for msg in parsed if isinstance(parsed, list) else (parsed,):

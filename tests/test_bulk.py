@@ -271,3 +271,47 @@ def test_interrupted_feed_exits_130_after_acking_what_was_read(emu):
     assert proc.returncode == 130, err
     assert "acknowledged 10" in err and out == ""
     assert emu.wait_for(lambda m: m.get("Type") == "Close", TIMEOUT)
+
+
+# ------------------------------------------------------------ issue 12: rows and Acks a frame at a time
+
+def test_a_file_read_in_batches_never_waits_on_its_own_held_rows(emu, tmp_path):
+    """Rows from a file go to the main thread in lists of up to 100; with --window 1 the reader
+    must hand its rows over before it waits for a credit, or the run would wait forever."""
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(250)))
+    result = bulk(emu, str(path), "--window", "1", opts=("--json",))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])["summary"]
+    assert (summary["lines"], summary["posted"], summary["acknowledged"]) == (251, 250, 250)
+
+
+def test_a_frame_of_acks_settles_its_posts_and_reports_the_strays(tmp_path):
+    """A frame of plain Acks ends its posts in one step; an AckID of no post in the same frame
+    (unknown, or one already acked) is reported, not counted, and changes nothing else."""
+    from test_ops import accept_login
+    from conftest import serve_in_thread
+
+    async def ads(ws):
+        await accept_login(ws, {"SupportOMMPost": 1})
+        async for frame in ws:
+            msgs = json.loads(frame)
+            ids = [m["PostID"] for m in (msgs if isinstance(msgs, list) else [msgs]) if m.get("Type") == "Post"]
+            if ids:
+                acks = [{"ID": 1, "Type": "Ack", "AckID": i} for i in ids + [ids[0], 999999, "x"]]
+                await ws.send(json.dumps(acks))
+    path = tmp_path / "rows.csv"
+    path.write_text("RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(150)))
+    port, stop = serve_in_thread(ads)
+    try:
+        result = subprocess.run(args_for(port, "--json", "post", "--service", "NIPROV", "--file", str(path)),
+                                capture_output=True, text=True, timeout=TIMEOUT * 6, env=ENV,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        stop()
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])["summary"]
+    assert (summary["posted"], summary["acknowledged"], summary["acknowledged_late"]) == (150, 150, 0)
+    assert "an Ack for unknown or already ended post 999999 was ignored" in result.stderr
+    assert "an Ack for unknown or already ended post 1 was ignored" in result.stderr
+    assert "post 'x' was ignored" in result.stderr
