@@ -441,6 +441,7 @@ class Faults:
     ping_with_login: bool = False          # pack a Ping into the login Refresh's frame
     login_recover: int = 0                 # answer the first N logins ClosedRecover (DACS down)
     close_login_after_posts: int = 0       # close the login stream (Closed) at the Nth post
+    naks_without_text: bool = False        # Naks carry their NakCode but no Text
 
     def nak_for(self, ric: str) -> tuple[str, str] | None:
         for glob, code, text in self.nak_rics:
@@ -667,7 +668,7 @@ class Session:
                 "SupportBatchRequests": 0, "SupportViewRequests": 1,
                 "SupportOptimizedPauseResume": 0}},
             "State": {"Stream": "Open", "Data": "Ok", "Text": f"Login accepted by host {world.host}."},
-            "Elements": {"PingTimeout": self.server.ping_timeout, "MaxMsgSize": MAX_MSG_SIZE}})
+            "Elements": {"PingTimeout": self.server.ping_timeout, "MaxMsgSize": self.server.max_msg_size}})
         faults = self.server.faults
         if faults.ping_with_login:
             replies.append(PING)
@@ -716,7 +717,8 @@ class Session:
 
         def nak(code: str, text: str) -> None:
             if want_ack:
-                replies.append(ack_message(stream, post_id, key, code, text))
+                replies.append(ack_message(stream, post_id, key, code,
+                                           None if server.faults.naks_without_text else text))
 
         if stream != self.login_id and stream not in self.streams:
             return nak("NotOpen", f"Item stream {stream} is not open.")
@@ -875,6 +877,7 @@ class EmulatorServer:
         self.dictionary = dictionary
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.max_msg_size = MAX_MSG_SIZE         # announced in the login Refresh, and enforced
         self.log_file = log_file
         self.echo = echo
         self.lock = threading.Lock()             # guards received, items (read from other threads)
@@ -999,11 +1002,12 @@ class Emulator:
                  ping_interval: float = DEFAULT_PING_INTERVAL,
                  ping_timeout: int = DEFAULT_PING_TIMEOUT,
                  log_file: Any = None, echo: bool = False, keep_received: bool = True,
-                 tls: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None, max_msg_size: int = MAX_MSG_SIZE) -> None:
         self.tls = tls                           # (certificate file, key file): serve wss://
         self.server = EmulatorServer(world or World.default(), faults or Faults(),
                                      dictionary or Dictionary.builtin(),
                                      ping_interval, ping_timeout, log_file, echo, keep_received)
+        self.server.max_msg_size = max_msg_size
         self.host, self.port = host, port
         self.url = ""
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -1108,7 +1112,7 @@ def serve_emulator(server: EmulatorServer, host: str, port: int, tls: tuple[str,
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
     return serve(server.handler, host, port, subprotocols=list(SUBPROTOCOLS),
-                 process_request=server.process_request, max_size=MAX_MSG_SIZE,
+                 process_request=server.process_request, max_size=server.max_msg_size,
                  ping_interval=None, compression=None, close_timeout=2,
                  server_header="ads-emulator", ssl=context)
 
@@ -1154,6 +1158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer the first N logins ClosedRecover/DacsDown")
     f.add_argument("--close-login-after-posts", type=int, default=0, metavar="N",
                    help="close the login stream (Closed/NotEntitled) at the Nth post")
+    f.add_argument("--naks-without-text", action="store_true",
+                   help="send Naks with their NakCode but no Text")
+    p.add_argument("--max-msg-size", type=int, default=MAX_MSG_SIZE, metavar="BYTES",
+                   help="the MaxMsgSize announced at login and enforced (default %(default)s)")
     p.add_argument("--log", metavar="FILE", help="write every frame as JSON Lines")
     p.add_argument("--tls-cert", metavar="FILE", help="serve wss:// with this certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
@@ -1177,7 +1185,8 @@ def emulator_from_args(args: argparse.Namespace, log_file: Any = None) -> Emulat
                     drop_after_posts=args.drop_after_posts,
                     hang_after_login=args.hang_after_login, ping_with_login=args.ping_with_login,
                     login_recover=args.login_recover,
-                    close_login_after_posts=args.close_login_after_posts)
+                    close_login_after_posts=args.close_login_after_posts,
+                    naks_without_text=args.naks_without_text)
     dictionary = Dictionary.from_files(args.dictionary, args.enum_dictionary) if args.dictionary \
         else Dictionary.builtin()
     dictionary.enum_names = args.enum_display_strings
@@ -1185,7 +1194,8 @@ def emulator_from_args(args: argparse.Namespace, log_file: Any = None) -> Emulat
         raise ValueError("--tls-cert and --tls-key go together")
     return Emulator(world, faults, dictionary, args.bind, args.port, args.ping_interval,
                     args.ping_timeout, log_file, args.verbose, keep_received=False,
-                    tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
+                    tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
+                    max_msg_size=args.max_msg_size)
 
 
 def main(argv: list[str] | None = None) -> int:

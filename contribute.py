@@ -3229,8 +3229,11 @@ def check_upgrade(sock: socket.socket, host: str, port: int, settings: Settings)
             hint = "give the ADS's own host and port (--host, --port, --path)"
         raise ConnectFailed(f"the server answered the WebSocket upgrade on {settings.path} with {words}", hint)
     accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-    if headers.get("upgrade", "").lower() != "websocket" or headers.get("sec-websocket-accept") != accept:
-        raise ConnectFailed("the server answered 101 without a valid WebSocket upgrade", not_ads)
+    if headers.get("upgrade", "").lower() != "websocket":
+        raise ConnectFailed("the server answered 101 without an Upgrade: websocket header", not_ads)
+    if headers.get("sec-websocket-accept") != accept:
+        raise ConnectFailed(f"the server answered 101 with a wrong Sec-WebSocket-Accept "
+                            f"({headers.get('sec-websocket-accept') or 'none'}, not {accept})", not_ads)
     chosen = headers.get("sec-websocket-protocol")
     if (chosen or "").lower() != SUBPROTOCOL:
         raise ConnectFailed(f"the server accepted the WebSocket upgrade but not subprotocol {SUBPROTOCOL} "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,13 +103,25 @@ def post(stream=1, ric="UMER.TST", service="NIPROV", fields=None, mtype="Update"
 
 
 def serve_in_thread(handler, subprotocols=("tr_json2",)):
-    """A deliberately broken WebSocket server on a loopback port; returns (port, stop)."""
-    ready, loop_box = threading.Event(), {}
+    """A deliberately broken WebSocket server on a loopback port; returns (port, stop).
+
+    stop() fails the test if the server's thread did not end, or if the handler raised
+    anything but the client going away: a test server's own bug must not pass unseen."""
+    ready, loop_box, failures = threading.Event(), {}, []
+
+    async def guarded(ws):
+        try:
+            await handler(ws)
+        except ConnectionClosed:
+            pass
+        except Exception as exc:
+            failures.append(exc)
+            raise
 
     async def main():
         stop = asyncio.Event()
         loop_box["stop"], loop_box["loop"] = stop, asyncio.get_running_loop()
-        async with serve(handler, "127.0.0.1", 0, subprotocols=list(subprotocols)) as server:
+        async with serve(guarded, "127.0.0.1", 0, subprotocols=list(subprotocols)) as server:
             loop_box["port"] = server.sockets[0].getsockname()[1]
             ready.set()
             await stop.wait()
@@ -120,6 +133,9 @@ def serve_in_thread(handler, subprotocols=("tr_json2",)):
     def stop():
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         thread.join(TIMEOUT)
+        assert not thread.is_alive(), "the test server did not stop"
+        if failures:
+            raise AssertionError(f"the test server failed: {failures[0]!r}") from failures[0]
     return loop_box["port"], stop
 
 
