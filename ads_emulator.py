@@ -63,14 +63,40 @@ This emulator's own choices, where no public source says what an ADS does:
   shortest float: 22.10 reads back as 22.1 here, as 22.10 from an ADS).
 - Item not found: Status Closed/Suspect "NotFound", "**The record could not be
   found"; unknown service: Closed/Suspect "SourceUnknown"; service down:
-  ClosedRecover/Suspect "A9: Service is unavailable.". Batch requests
-  (Key.Name as a list) are not supported, and SupportBatchRequests is 0.
-- A login Close closes every item stream of the connection and leaves the
-  connection open, logged out. A Close of an unknown stream is ignored.
-- Keepalive: a Ping after --ping-interval seconds without inbound traffic; if
-  nothing arrives within PingTimeout of that Ping, close with 1008 "ping
-  timeout". An oversized message is closed with 1009 "message too big".
-- --drop-after-posts N: the Nth post (counted across the server) is applied
+  ClosedRecover/Suspect "A9: Service is unavailable." (a State carries a Code
+  only when it is not None).
+- Batch (protocol.md section 8, confirmed): a Request whose Key.Name is a list
+  gets a Status Closed/Ok "Processed N total items from Batch Request. N Ok."
+  on its ID, then each item on ID+1, ID+2... in list order, the View and
+  Streaming applying to each; a Close whose ID is a list closes each stream
+  (open or not) and gets "Processed N total stream ids from Batch Close
+  Request. N Ok. " on its first ID. The login announces SupportBatchRequests 7.
+- A reissue Request on an open stream with "Refresh": false gets no Refresh.
+- A token login ("NameType": "AuthnToken", Elements.AuthenticationToken, no
+  Name) is accepted, echoing AuthenticationErrorCode 0 / "Success"; its user
+  name is derived from the token (section 3).
+- A login Close, or any Close on the login stream's ID, closes every item
+  stream of the connection and leaves the connection open, logged out. A
+  denial of a login reissue on the open login stream ends it the same way. A
+  Close of an unknown stream is ignored.
+- A posted Update's UpdateType (a name or its number) reaches the watchers;
+  Unspecified is only the default. A Post may carry Fields directly instead of
+  a Message (then it is an Update); a nested Message's Type may be a number.
+- Keepalive: a Ping after --ping-interval seconds without inbound traffic,
+  again after each further --ping-interval of silence; if nothing arrives
+  within PingTimeout of a Ping, close with 1008 "ping timeout". An oversized
+  message (over --max-msg-size, announced as MaxMsgSize) is closed with 1009.
+- Malformed JSON gets "JSON parser error: -2" (or -3 for a frame cut short:
+  jsmn's codes, as the converter writes them). A Type or Domain that is not a
+  string or a number, a Name or Elements of the wrong JSON type get the
+  converter's Token Type Errors. Before the login, any message but a Login
+  or a Ping/Pong, malformed or not, gets its Error and the connection closes
+  with 1008.
+- Debug.Message of an Error holds the offending message re-encoded, cut to
+  1,000 characters (protocol.md does not say what an ADS puts there for a
+  message packed in an array with others: a client must not depend on it).
+- permessage-deflate is negotiated when the client offers it (section 1).
+- --drop-after-posts N: every Nth post (counted across the server) is applied
   to the cache, its Ack is not sent, and the TCP connection is aborted.
 - --login-recover N: the first N logins get a Login Status ClosedRecover/
   Suspect "DacsDown" with H-STATE's text "A21: Connection to DACS down, users
@@ -84,8 +110,10 @@ import argparse
 import asyncio
 import configparser
 import fnmatch
+import hashlib
 import itertools
 import json
+import json.scanner
 import logging
 import os
 import re
@@ -123,6 +151,9 @@ DOMAINS = {"Analytics", "Contribution", "Dictionary", "EconomicIndicator",
            "ReplayHeadline", "ReplayStory", "ServiceProviderStatus", "Source",
            "Story", "SymbolList", "System", "Transaction", "YieldCurve"}
 # RWF numbers a client may send instead of the names.
+UPDATE_TYPE_NAMES = {0: "Unspecified", 1: "Quote", 2: "Trade", 3: "NewsAlert", 4: "VolumeAlert",
+                     5: "OrderIndication", 6: "ClosingRun", 7: "Correction", 8: "MarketDigest",
+                     9: "QuotesTrade", 10: "Multiple", 11: "Verify"}          # protocol.md section 8
 MESSAGE_TYPE_NUMBERS = {1: "Request", 2: "Refresh", 3: "Status", 4: "Update", 5: "Close",
                         6: "Ack", 7: "Generic", 8: "Post"}
 DOMAIN_NUMBERS = {1: "Login", 4: "Source", 5: "Dictionary", 6: "MarketPrice",
@@ -276,6 +307,33 @@ DATE_FORMS = {"DATE": re.compile(_DATE), "TIME": re.compile(_TIME),
               "DATETIME": re.compile(f"{_DATE}(T{_TIME})?")}
 
 
+def converter_string(text: str, end: int, strict: bool = True) -> tuple[str, int]:
+    """A JSON string value as the ADS's converter reads it (jsonToRwfBase.C,
+    processAsciiString): each backslash is dropped and the character after it kept as it is,
+    so "caf\\u00e9" is stored as cafu00e9 and "a\\"b" as a"b (protocol.md section 10)."""
+    chars, i = [], end
+    try:
+        while (char := text[i]) != '"':
+            if char == "\\":
+                i += 1
+                char = text[i]
+            chars.append(char)
+            i += 1
+    except IndexError:
+        raise json.JSONDecodeError("Unterminated string", text, end) from None
+    return "".join(chars), i + 1
+
+
+class ConverterDecoder(json.JSONDecoder):
+    """json, but string values read as the converter reads them (used only for a frame that
+    holds a backslash: the pure-Python scanner is slower)."""
+
+    def __init__(self) -> None:
+        super().__init__(parse_float=RealText)
+        self.parse_string = converter_string
+        self.scan_once = json.scanner.py_make_scanner(self)
+
+
 class RealText(float):
     """A JSON decimal with the text it was written as: the converter keeps a Real's decimal
     places as its hint (22.10 is 2210 at hint 10^-2), so the cache keeps them too. (The
@@ -286,6 +344,9 @@ class RealText(float):
         real = super().__new__(cls, text)
         real.text = text
         return real
+
+
+CONVERTER_JSON = ConverterDecoder()
 
 
 def atoi(value: int | float) -> int:
@@ -456,7 +517,7 @@ class Faults:
 def parse_nak_rule(text: str) -> tuple[str, str, str]:
     """GLOB:CODE:TEXT, as --nak-ric takes it."""
     glob, code, message = (text.split(":", 2) + ["", ""])[:3]
-    if not glob or code not in NAK_CODES:
+    if not glob or code not in NAK_CODES or code == "None":
         raise ValueError(f"--nak-ric wants GLOB:CODE:TEXT with CODE one of {', '.join(NAK_CODES)}")
     return glob, code, message or f"Post rejected ({code})."
 
@@ -531,7 +592,8 @@ class Session:
                 return
             sent = time.monotonic()
             await self.send([PING])
-            await asyncio.sleep(timeout)
+            while self.last_rx < sent and time.monotonic() < sent + timeout:
+                await asyncio.sleep(min(interval, sent + timeout - time.monotonic()))
             if self.last_rx < sent:
                 log.info("conn %d: no traffic within PingTimeout, disconnecting", self.conn_id)
                 await self.ws.close(1008, "ping timeout")
@@ -548,12 +610,16 @@ class Session:
         outbox: dict[Session, list[dict]] = {self: replies}
         try:
             try:
-                parsed = json.loads(text, parse_float=RealText)
-            except json.JSONDecodeError as exc:
-                raise ProtocolError(f"JSON parser error: {exc.msg} at offset {exc.pos}") from None
+                parsed = CONVERTER_JSON.decode(text) if "\\" in text else json.loads(text, parse_float=RealText)
+            except json.JSONDecodeError as exc:     # jsmn: -3 a frame cut short, -2 anything else
+                code = -3 if exc.pos >= len(text.rstrip()) else -2
+                raise ProtocolError(f"JSON parser error: {code}") from None
             messages = parsed if isinstance(parsed, list) else [parsed]
         except ProtocolError as exc:
             await self.send([error_message(exc, text)])
+            if self.login_id is None:
+                await self.ws.close(1008, "login required")
+                return False
             return True
         keep_open = True
         for msg in messages:
@@ -561,6 +627,7 @@ class Session:
                 keep_open = self.handle_message(msg, outbox)
             except ProtocolError as exc:
                 replies.append(error_message(exc, encode(msg)))
+                keep_open = self.login_id is not None        # before the login: closed, as below
             if not keep_open or self.dropped:
                 break
         for session, msgs in outbox.items():
@@ -583,10 +650,16 @@ class Session:
         replies = outbox[self]
         if not isinstance(msg, dict):
             raise ProtocolError("JSON invalid container type.")
+        raw_id = msg.get("ID")
+        for name in ("Type", "Domain"):          # a string or a number, as the converter reads them
+            if name in msg and msg[name].__class__ not in (str, int):
+                raise ProtocolError(f"JSON Converter Token Type error: Expected 'PRIMITIVE' for key "
+                                    f"'{name}' Received '{token_type(msg[name])}'",
+                                    raw_id if raw_id.__class__ is int else 0)
         mtype = MESSAGE_TYPE_NUMBERS.get(msg.get("Type"), msg.get("Type", "Request"))
         if mtype not in MESSAGE_TYPES:
             raise ProtocolError(f"JSON Unexpected Value. Received '{mtype}' for key 'Type'",
-                                msg["ID"] if isinstance(msg.get("ID"), int) else 0)
+                                raw_id if raw_id.__class__ is int else 0)
         if mtype == "Ping":
             replies.append(PONG)
             return True
@@ -612,7 +685,13 @@ class Session:
                             "Text": "Login required before any other message."})
             return False
         if mtype == "Close":
-            self.close(msg["ID"], domain)
+            ids = msg["ID"]
+            self.close(ids, domain)
+            if isinstance(ids, list):          # a batch Close is answered on its first ID
+                replies.append(with_domain({"ID": stream, "Type": "Status", "State": {
+                    "Stream": "Closed", "Data": "Ok",
+                    "Text": f"Processed {len(ids)} total stream ids from Batch Close Request. {len(ids)} Ok. "}},
+                    domain))
         elif mtype == "Post":
             self.post(stream, domain, msg, outbox)
         elif mtype == "Request":
@@ -627,12 +706,21 @@ class Session:
         world = self.server.world
         key = msg.get("Key") or {}
         expect("Key", key, "OBJECT", stream)
-        user = key.get("Name", "")
-        elements = key.get("Elements") or {}
+        elements = key.get("Elements", {})
+        expect("Elements", elements, "OBJECT", stream)
+        token = elements.get("AuthenticationToken") if key.get("NameType") == "AuthnToken" else None
+        if token is not None:                    # a token login: the user comes from the token
+            expect("AuthenticationToken", token, "STRING", stream)
+            user = "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+        else:
+            user = key.get("Name", "")
+            expect("Name", user, "STRING", stream)
         app_id = str(elements.get("ApplicationId", "256"))
         position = str(elements.get("Position", ""))
 
         def status(code: str, text: str) -> dict:
+            if stream == self.login_id:          # denied on the open login stream: the login ends
+                self.close(stream, "Login")
             return {"ID": stream, "Type": "Status", "Domain": "Login", "Key": {"Name": user},
                     "State": {"Stream": "Closed", "Data": "Suspect", "Code": code, "Text": text}}
 
@@ -642,7 +730,7 @@ class Session:
         if not user:
             replies.append(status("NotEntitled", "Login rejected: no user name."))
             return
-        if user in world.deny_users or (world.users is not None and user not in world.users):
+        if user in world.deny_users or (token is None and world.users is not None and user not in world.users):
             replies.append(status("UserUnknownToPermSys", f"{user}, unknown to system."))
             return
         if app_id in world.deny_app_ids:
@@ -665,8 +753,9 @@ class Session:
                 "Position": position, "ProvidePermissionExpressions": 1,
                 "ProvidePermissionProfile": 0, "SingleOpen": 1, "SupportEnhancedSymbolList": 1,
                 "SupportOMMPost": 1, "SupportPauseResume": 0, "SupportStandby": 1,
-                "SupportBatchRequests": 0, "SupportViewRequests": 1,
-                "SupportOptimizedPauseResume": 0}},
+                "SupportBatchRequests": 7, "SupportViewRequests": 1,
+                "SupportOptimizedPauseResume": 0,
+                **({"AuthenticationErrorCode": 0, "AuthenticationErrorText": "Success"} if token else {})}},
             "State": {"Stream": "Open", "Data": "Ok", "Text": f"Login accepted by host {world.host}."},
             "Elements": {"PingTimeout": self.server.ping_timeout, "MaxMsgSize": self.server.max_msg_size}})
         faults = self.server.faults
@@ -676,8 +765,10 @@ class Session:
         self.hang_pending = faults.hang_after_login
 
     def close(self, ids: Any, domain: str) -> None:
+        """Close streams; a Close on the login stream's ID closes the login, and with it every
+        stream of this connection, whatever Domain it names."""
         for stream in ids if isinstance(ids, list) else [ids]:
-            if stream == self.login_id and domain == "Login":
+            if stream == self.login_id:
                 for sid in list(self.streams):
                     self.server.unwatch(self, sid)
                 self.login_id = None
@@ -689,18 +780,27 @@ class Session:
     def post(self, stream: int, domain: str, msg: dict, outbox: dict[Session, list[dict]]) -> None:
         server, world = self.server, self.server.world
         replies = outbox[self]
-        if "Message" not in msg:
+        if "Message" in msg:
+            payload = msg["Message"]
+            expect("Message", payload, "OBJECT", stream)
+        elif "Fields" in msg:                    # a field list directly on the Post: an Update
+            payload = {"Type": "Update", "Fields": msg["Fields"]}
+        else:
             raise ProtocolError("JSON Missing required key 'Message'", stream)
-        payload = msg["Message"]
-        expect("Message", payload, "OBJECT", stream)
         ptype = payload.get("Type", "Request")
+        if ptype.__class__ is int:
+            ptype = MESSAGE_TYPE_NUMBERS.get(ptype, ptype)
+        update_type = payload.get("UpdateType", "Unspecified")
+        update_type = UPDATE_TYPE_NAMES.get(update_type, update_type) if update_type.__class__ is int \
+            else update_type
         fields = check_fields(server.dictionary, payload.get("Fields"), stream)
         info = msg.get("PostUserInfo")
         if info is not None:
             check_post_user_info(info, stream)
         want_ack = msg.get("Ack") is True
-        post_id = msg.get("PostID", 0)
-        expect("PostID", post_id, "PRIMITIVE", stream)
+        post_id = msg.get("PostID")
+        if post_id is not None:
+            expect("PostID", post_id, "PRIMITIVE", stream)
         server.post_received.set()
 
         key: dict[str, Any] = {}
@@ -717,8 +817,8 @@ class Session:
 
         def nak(code: str, text: str) -> None:
             if want_ack:
-                replies.append(ack_message(stream, post_id, key, code,
-                                           None if server.faults.naks_without_text else text))
+                replies.append(with_domain(ack_message(stream, post_id, key, code,
+                                                       None if server.faults.naks_without_text else text), domain))
 
         if stream != self.login_id and stream not in self.streams:
             return nak("NotOpen", f"Item stream {stream} is not open.")
@@ -744,8 +844,9 @@ class Session:
                 item = world.items[item_key] = Item(fields)
             else:
                 item.fields.update(fields)
-            item.post_user_info = info
-        server.fan_out(item_key, ptype, fields, info, outbox)
+            if info is not None or ptype == "Refresh":
+                item.post_user_info = info       # an Update without PostUserInfo keeps the last one
+        server.fan_out(item_key, ptype, fields, info, outbox, update_type)
         drop, close_login = server.count_post()
         if drop:
             self.dropped = True
@@ -758,7 +859,7 @@ class Session:
             self.close(self.login_id, "Login")
             return
         if want_ack and not server.faults.withholds_ack(ric):
-            ack = ack_message(stream, post_id, key)          # key is {} on-stream: not echoed
+            ack = with_domain(ack_message(stream, post_id, key), domain)   # key is {} on-stream: not echoed
             if stream != self.login_id:
                 ack["Text"] = "All is well"
             if server.faults.ack_delay_ms:
@@ -775,13 +876,28 @@ class Session:
             raise ProtocolError("JSON Missing required key 'Key'", stream)
         expect("Key", key, "OBJECT", stream)
         ric, svc_ref = key.get("Name"), key.get("Service")
-        if isinstance(ric, list):
-            raise ProtocolError("Batch requests are not supported by this emulator.", stream)
+        if isinstance(ric, list):                # a batch: a Status here, the items at ID+1...
+            for name in ric:
+                expect("Name", name, "STRING", stream)
+            replies.append(with_domain({"ID": stream, "Type": "Status", "State": {
+                "Stream": "Closed", "Data": "Ok",
+                "Text": f"Processed {len(ric)} total items from Batch Request. {len(ric)} Ok."}}, domain))
+            for i, name in enumerate(ric, 1):
+                self.request(stream + i, domain, {**msg, "ID": stream + i, "Key": {**key, "Name": name}}, replies)
+            return
+        if ric is not None:
+            expect("Name", ric, "STRING", stream)
+        if stream in self.streams and msg.get("Refresh") is False:
+            return                               # a reissue without a Refresh: nothing to send
         svc = world.service(svc_ref)
-        out_key = {"Service": svc.name if svc else svc_ref, "Name": ric}
+        out_key = {"Service": svc.name if svc else svc_ref}
+        if ric is not None:
+            out_key["Name"] = ric
 
         def status(stream_state: str, code: str, text: str) -> dict:
             state = {"Stream": stream_state, "Data": "Suspect", "Code": code, "Text": text}
+            if code == "None":                   # a State carries a Code only when there is one
+                del state["Code"]
             return with_domain({"ID": stream, "Type": "Status", "Key": out_key, "State": state}, domain)
 
         if stream in self.streams:
@@ -799,6 +915,10 @@ class Session:
         streaming = msg.get("Streaming", True) is not False
         fields = item.fields
         if isinstance(msg.get("View"), list):
+            kinds = list(dict.fromkeys(token_type(v) for v in msg["View"]))
+            if len(kinds) > 1:                   # an OMM array holds one type
+                raise ProtocolError(f"JSON Mixed Types in OMM Array: Received '{kinds[0]}' and '{kinds[1]}' "
+                                    "for key 'View'", stream)
             lookup = self.server.dictionary.lookup
             wanted = {f.name for f in (lookup(str(v)) for v in msg["View"]) if f}
             fields = {k: v for k, v in fields.items() if k in wanted}
@@ -848,8 +968,11 @@ def check_post_user_info(info: Any, stream: int) -> None:
 
 def ack_message(stream: int, post_id: Any, key: dict | None,
                 nak_code: str | None = None, text: str | None = None) -> dict:
-    """An Ack in the converter's key order: ID, Type, AckID, NakCode, Text, Key."""
-    ack: dict[str, Any] = {"ID": stream, "Type": "Ack", "AckID": post_id}
+    """An Ack in the converter's key order: ID, Type, AckID, NakCode, Text, Key (no AckID for
+    a post without a PostID)."""
+    ack: dict[str, Any] = {"ID": stream, "Type": "Ack"}
+    if post_id is not None:
+        ack["AckID"] = post_id
     if nak_code:
         ack["NakCode"] = nak_code
     if text:
@@ -965,7 +1088,7 @@ class EmulatorServer:
         self.sessions.discard(session)
 
     def fan_out(self, key: tuple[str, str, str], ptype: str, fields: dict, info: Any,
-                outbox: dict[Session, list[dict]]) -> None:
+                outbox: dict[Session, list[dict]], update_type: str = "Unspecified") -> None:
         """Queue a posted change for every open stream on the item."""
         for (session, stream), key_in_updates in list(self.watchers.get(key, {}).items()):
             if ptype == "Refresh":
@@ -974,7 +1097,7 @@ class EmulatorServer:
                                    "State": {"Stream": "Open", "Data": "Ok", "Text": "All is well"},
                                    "Solicited": False}, key[1])
             else:
-                msg = with_domain({"ID": stream, "Type": "Update", "UpdateType": "Unspecified"}, key[1])
+                msg = with_domain({"ID": stream, "Type": "Update", "UpdateType": update_type}, key[1])
                 if key_in_updates:                 # the Request's KeyInUpdates, true by default
                     msg["Key"] = {"Service": key[0], "Name": key[2]}
             if info:
@@ -1113,7 +1236,7 @@ def serve_emulator(server: EmulatorServer, host: str, port: int, tls: tuple[str,
         context.load_cert_chain(*tls)
     return serve(server.handler, host, port, subprotocols=list(SUBPROTOCOLS),
                  process_request=server.process_request, max_size=server.max_msg_size,
-                 ping_interval=None, compression=None, close_timeout=2,
+                 ping_interval=None, compression="deflate", close_timeout=2,
                  server_header="ads-emulator", ssl=context)
 
 

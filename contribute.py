@@ -502,10 +502,20 @@ def state_data(state: dict) -> dict:
 
 
 def offending_post_id(error: dict) -> int | None:
-    """The PostID of the message an Error is about, from its Debug.Message, if it was a Post."""
+    """The PostID of the message an Error is about, from its Debug.Message, if it was a Post.
+
+    What an ADS puts in Debug.Message is not documented for a message packed in a frame with
+    others, and it may be cut short (the emulator keeps 1,000 characters): a message that does
+    not parse is searched for its Type and PostID, which this tool writes near the start."""
+    text = (error.get("Debug") or {}).get("Message", "")
+    if not isinstance(text, str):
+        return None
     try:
-        offending = json.loads((error.get("Debug") or {}).get("Message", ""))
-    except (TypeError, ValueError, RecursionError):
+        offending = json.loads(text)
+    except (ValueError, RecursionError):
+        if re.search(r'"Type"\s*:\s*"Post"', text):
+            match = re.search(r'"PostID"\s*:\s*(\d+)', text)
+            return int(match[1]) if match else None
         return None
     if isinstance(offending, dict) and offending.get("Type") == "Post":
         post_id = offending.get("PostID")

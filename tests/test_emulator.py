@@ -6,6 +6,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -401,8 +402,10 @@ def test_close_and_login_close_stop_updates(client, emu):
 
 def test_view_limits_fields(client):
     client.login()
-    [refresh] = client.roundtrip({"ID": 3, "View": ["BID", 25], "Key": {"Name": "UMER.TST"}})
+    [refresh] = client.roundtrip({"ID": 3, "View": ["BID", "ASK"], "Key": {"Name": "UMER.TST"}})
     assert refresh["Fields"] == {"BID": 22.1, "ASK": 24.5}
+    [by_fid] = client.roundtrip({"ID": 4, "View": [22, 25], "Key": {"Name": "UMER.TST"}})
+    assert by_fid["Fields"] == {"BID": 22.1, "ASK": 24.5}
 
 
 # ------------------------------------------------------------------- world
@@ -592,3 +595,189 @@ def test_standalone_serves_wss():
     finally:
         proc.kill()
         proc.stdout.close()
+
+
+# ------------------------------------------------------------ issue 13: the rest of the confirmed behaviour
+
+def test_a_batch_request_gets_a_status_then_each_item_on_the_next_ids(client):
+    client.login()
+    replies = client.roundtrip({"ID": 5, "Key": {"Service": "NIPROV", "Name": ["UMER.TST", "NOPE.TST", "UMER.TST"]},
+                                "View": ["BID"], "Streaming": False})
+    assert replies[0] == {"ID": 5, "Type": "Status", "State": {
+        "Stream": "Closed", "Data": "Ok", "Text": "Processed 3 total items from Batch Request. 3 Ok."}}
+    assert [(m["ID"], m["Type"]) for m in replies[1:]] == [(6, "Refresh"), (7, "Status"), (8, "Refresh")]
+    assert replies[1]["Fields"] == {"BID": 22.1} and replies[1]["State"]["Stream"] == "NonStreaming"
+    assert replies[2]["State"]["Code"] == "NotFound"
+
+
+def test_a_batch_close_closes_open_and_unknown_ids_and_answers_on_the_first(client, emu):
+    client.login()
+    client.roundtrip({"ID": 2, "Key": {"Service": "NIPROV", "Name": ["UMER.TST", "UMER.TST"]}})   # streams 3, 4
+    replies = client.roundtrip({"ID": [3, 4, 99], "Type": "Close"})
+    assert replies == [{"ID": 3, "Type": "Status", "State": {
+        "Stream": "Closed", "Data": "Ok", "Text": "Processed 3 total stream ids from Batch Close Request. 3 Ok. "}}]
+    poster = Client(emu.url)
+    poster.login("poster")
+    poster.roundtrip(post(fields={"BID": 2.0}))
+    assert client.roundtrip({"Type": "Ping"}) == []             # no Update: both streams are closed
+    poster.close()
+
+
+def test_the_login_announces_batch_support(client):
+    refresh = client.login()[0]
+    assert refresh["Key"]["Elements"]["SupportBatchRequests"] == 7
+
+
+def test_a_posted_update_type_reaches_the_watchers(client, emu):
+    client.login()
+    client.roundtrip({"ID": 2, "Key": {"Service": "NIPROV", "Name": "UMER.TST"}})
+    poster = Client(emu.url)
+    poster.login("poster")
+    poster.roundtrip(post(fields={"BID": 2.0}, Message={"ID": 0, "Type": "Update", "UpdateType": "Trade",
+                                                         "Domain": "MarketPrice", "Fields": {"BID": 2.0}}))
+    poster.roundtrip(post(fields={"BID": 3.0}, post_id=2))      # no UpdateType: Unspecified
+    updates = client.recv_until(lambda m: m.get("Fields") == {"BID": 3.0})
+    assert [m["UpdateType"] for m in updates if m["Type"] == "Update"] == ["Trade", "Unspecified"]
+    poster.close()
+
+
+def test_a_token_login_is_accepted(emu):
+    c = Client(emu.url)
+    c.send({"ID": 1, "Domain": "Login", "Key": {"NameType": "AuthnToken", "Elements": {
+        "ApplicationId": "256", "Position": "127.0.0.1", "AuthenticationToken": "eyJhbGciOi.token"}}})
+    refresh = c.recv()[0]
+    c.close()
+    assert refresh["Type"] == "Refresh" and refresh["State"]["Stream"] == "Open"
+    elements = refresh["Key"]["Elements"]
+    assert (elements["AuthenticationErrorCode"], elements["AuthenticationErrorText"]) == (0, "Success")
+
+
+def test_a_reissue_without_refresh_gets_no_refresh(client):
+    client.login()
+    request = {"ID": 2, "Key": {"Service": "NIPROV", "Name": "UMER.TST"}}
+    assert client.roundtrip(request)[0]["Type"] == "Refresh"
+    assert client.roundtrip({**request, "Refresh": False}) == []
+
+
+def test_pings_come_every_ping_interval_of_silence():
+    with Emulator(ping_interval=0.3, ping_timeout=30) as emu:
+        c = Client(emu.url)
+        c.login()
+        started = time.monotonic()
+        pings = 0
+        while pings < 3:
+            for msg in c.recv(timeout=TIMEOUT):
+                if msg.get("Type") == "Ping":
+                    pings += 1
+                    c.send({"Type": "Pong"})
+        elapsed = time.monotonic() - started
+        c.close()
+    assert elapsed < 0.9 + TIMEOUT / 2                 # about 0.9 s: not one per PingTimeout (90 s)
+
+
+def test_fields_directly_on_a_post_and_a_numeric_message_type_are_accepted(client, emu):
+    client.login()
+    direct = {"ID": 1, "Type": "Post", "Ack": True, "PostID": 1, "Key": {"Service": "NIPROV", "Name": "UMER.TST"},
+              "Fields": {"BID": 5.0}}
+    numeric = post(post_id=2, fields={"BID": 6.0})
+    numeric["Message"]["Type"] = 4                     # Update, as its RWF number
+    replies = client.roundtrip([direct, numeric])
+    assert [(m["Type"], m["AckID"], "NakCode" in m) for m in replies] == [("Ack", 1, False), ("Ack", 2, False)]
+    assert emu.item("NIPROV", "UMER.TST")["BID"] == 6.0
+
+
+@pytest.mark.parametrize("bad,text", [
+    ({"ID": 2, "Type": ["Request"], "Key": {"Name": "X"}},
+     "JSON Converter Token Type error: Expected 'PRIMITIVE' for key 'Type' Received 'ARRAY'"),
+    ({"ID": 2, "Domain": {"x": 1}, "Key": {"Name": "X"}},
+     "JSON Converter Token Type error: Expected 'PRIMITIVE' for key 'Domain' Received 'OBJECT'"),
+    ({"ID": 2, "Key": {"Name": {"x": 1}}},
+     "JSON Converter Token Type error: Expected 'STRING' for key 'Name' Received 'OBJECT'"),
+])
+def test_malformed_messages_draw_the_converter_errors_not_a_crash(client, bad, text):
+    client.login()
+    replies = client.roundtrip(bad)
+    assert [(m["Type"], m["Text"]) for m in replies] == [("Error", text)]
+    assert client.roundtrip({"ID": 3, "Key": {"Service": "NIPROV", "Name": "UMER.TST"}})[0]["Type"] == "Refresh"
+
+
+@pytest.mark.parametrize("login,text", [
+    ({"ID": 1, "Domain": "Login", "Key": {"Name": ["a", "b"]}},
+     "JSON Converter Token Type error: Expected 'STRING' for key 'Name' Received 'ARRAY'"),
+    ({"ID": 1, "Domain": "Login", "Key": {"Name": "a", "Elements": [1]}},
+     "JSON Converter Token Type error: Expected 'OBJECT' for key 'Elements' Received 'ARRAY'"),
+])
+def test_a_malformed_login_draws_its_error_then_the_close(emu, login, text):
+    c = Client(emu.url)
+    c.send(login)
+    assert [(m["Type"], m["Text"]) for m in c.recv()] == [("Error", text)]
+    with pytest.raises(ConnectionClosed) as closed:
+        c.recv()
+    assert closed.value.rcvd.code == 1008
+
+
+def test_a_denied_login_reissue_ends_the_login_and_its_streams(emu):
+    c = Client(emu.url)
+    c.login("alice")
+    c.roundtrip({"ID": 2, "Key": {"Service": "NIPROV", "Name": "UMER.TST"}})
+    emu.server.world.deny_users.add("alice")
+    replies = c.roundtrip({"ID": 1, "Domain": "Login", "Key": {"Name": "alice"}})
+    assert replies[0]["State"]["Stream"] == "Closed"
+    c.send([post()])
+    assert [(m["Type"], m["Text"]) for m in c.recv()] == [("Error", "Login required before any other message.")]
+
+
+def test_a_close_on_the_login_stream_id_closes_the_login(client):
+    client.login()
+    client.send({"ID": 1, "Type": "Close"})                     # no Domain: still the login stream
+    client.send([post()])
+    assert [(m["Type"], m["Text"]) for m in client.recv()] == [("Error", "Login required before any other message.")]
+
+
+def test_escaped_text_is_stored_as_the_converter_reads_it(client, emu):
+    """The converter drops a backslash and keeps the next character: \\u00e9 is stored u00e9."""
+    client.login()
+    client.send('[' + json.dumps(post(fields={"GEN_TEXT16": "caf"})).replace('"caf"', '"caf\\u00e9 \\"x\\""') + ']')
+    client.roundtrip({"Type": "Ping"})
+    assert emu.item("NIPROV", "UMER.TST")["GEN_TEXT16"] == 'cafu00e9 "x"'
+
+
+def test_a_view_mixing_names_and_fids_is_an_error(client):
+    client.login()
+    replies = client.roundtrip({"ID": 2, "Key": {"Service": "NIPROV", "Name": "UMER.TST"}, "View": ["BID", 25]})
+    assert [(m["Type"], m["Text"]) for m in replies] == \
+        [("Error", "JSON Mixed Types in OMM Array: Received 'STRING' and 'PRIMITIVE' for key 'View'")]
+
+
+def test_the_announced_max_msg_size_is_configurable():
+    with Emulator(max_msg_size=5000) as emu:
+        c = Client(emu.url)
+        assert c.login()[0]["Elements"]["MaxMsgSize"] == 5000
+        c.send("[" + ",".join([json.dumps(post())] * 30) + "]")      # about 7,000 bytes
+        with pytest.raises(ConnectionClosed) as closed:
+            c.recv()
+        assert closed.value.rcvd.code == 1009
+
+
+def test_the_smaller_points(client, emu):
+    """No Code "None" in a State, no AckID for a post without a PostID, no Name for a request
+    without one, a Domain on a non-MarketPrice Ack, and the converter's parser error text."""
+    client.login()
+    emu.server.world.services[0].up = False
+    status = client.roundtrip({"ID": 2, "Key": {"Service": "NIPROV", "Name": "UMER.TST"}})[0]
+    assert "Code" not in status["State"]
+    emu.server.world.services[0].up = True
+    unnumbered = post()
+    del unnumbered["PostID"]
+    assert client.roundtrip(unnumbered)[0] == {"ID": 1, "Type": "Ack", "Key": {"Service": "NIPROV", "Name": "UMER.TST"}}
+    nameless = client.roundtrip({"ID": 3, "Key": {"Service": "NIPROV"}})[0]
+    assert "Name" not in nameless["Key"]
+    mbo = post(post_id=7, mtype="Refresh", Domain="MarketByOrder")
+    mbo["Message"]["Domain"] = "MarketByOrder"
+    assert client.roundtrip(mbo)[0]["Domain"] == "MarketByOrder"
+    client.send('[{"ID": 4, "Key": ')
+    assert client.recv()[0]["Text"] == "JSON parser error: -3"
+    client.send('[{"ID": 4 "Key": {}}]')
+    assert client.recv()[0]["Text"] == "JSON parser error: -2"
+    with pytest.raises(ValueError):
+        parse_nak_rule("X:None:")

@@ -255,3 +255,17 @@ def test_an_error_inside_a_bulk_frame_ends_that_row_only(tmp_path):
     assert result.returncode == 5
     assert [(o["status"], o["line"]) for o in lines if "status" in o] == [("error", 3)]
     assert lines[-1]["summary"]["acknowledged"] == 4 and lines[-1]["summary"]["errored"] == 1
+
+
+def test_errors_about_posts_with_long_text_still_name_their_rows(tmp_path):
+    """Issue 13: the emulator cuts Debug.Message to 1,000 characters, and what an ADS puts there
+    for a packed frame is not documented: three rows with an unknown field and a long text end
+    as ERROR, each its own, not as TIMEOUT."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"ric": "UMER.TST", "fields": {"GEN_TEXT16": "x" * 1500, "NO_SUCH": i}}) + "\n"
+                            for i in range(3)) + json.dumps({"ric": "UMER.TST", "fields": {"BID": 1}}) + "\n")
+    with Emulator() as emu:
+        result = post(emu.port, "--file", str(rows), "--ack-timeout", "2")
+    assert result.returncode == 5, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["ERROR"] * 3
+    assert "acknowledged 1" in result.stderr and "timed out 0" in result.stderr
