@@ -96,6 +96,10 @@ This emulator's own choices, where no public source says what an ADS does:
   1,000 characters (protocol.md does not say what an ADS puts there for a
   message packed in an array with others: a client must not depend on it).
 - permessage-deflate is negotiated when the client offers it (section 1).
+- A View of names and FIDs mixed draws "JSON Mixed Types in OMM Array";
+  a name not in the dictionary is dropped from the View, as the converter's
+  encodeBatchView does. An Update posted without PostUserInfo leaves the
+  item's last poster in place (section 11.9).
 - --drop-after-posts N: every Nth post (counted across the server) is applied
   to the cache, its Ack is not sent, and the TCP connection is aborted.
 - --login-recover N: the first N logins get a Login Status ClosedRecover/

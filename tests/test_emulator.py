@@ -781,3 +781,21 @@ def test_the_smaller_points(client, emu):
     assert client.recv()[0]["Text"] == "JSON parser error: -2"
     with pytest.raises(ValueError):
         parse_nak_rule("X:None:")
+
+
+def test_a_snapshot_keeps_the_posters_info_after_an_update_without_one(client, emu):
+    """Section 11.9: the Refresh of an item carries the PostUserInfo of who posted it; an Update
+    that names no poster does not erase it."""
+    client.login()
+    info = {"Address": "10.0.0.7", "UserID": 77}
+    client.roundtrip(post(mtype="Refresh", fields={"BID": 1.0}, PostUserInfo=info))
+    client.roundtrip(post(fields={"BID": 2.0}, post_id=2))
+    [refresh] = client.roundtrip({"ID": 2, "Key": {"Service": "NIPROV", "Name": "UMER.TST"}, "Streaming": False})
+    assert refresh["PostUserInfo"] == info and refresh["Fields"]["BID"] == 2.0
+
+
+def test_permessage_deflate_is_negotiated_when_offered(emu):
+    with connect(emu.url, subprotocols=["tr_json2"], open_timeout=TIMEOUT, compression="deflate") as ws:
+        assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+        ws.send(json.dumps({"ID": 1, "Domain": "Login", "Key": {"Name": "alice"}}))
+        assert json.loads(ws.recv(timeout=TIMEOUT))[0]["Type"] == "Refresh"
