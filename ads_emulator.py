@@ -114,6 +114,7 @@ import argparse
 import asyncio
 import configparser
 import fnmatch
+import functools
 import hashlib
 import itertools
 import json
@@ -946,7 +947,11 @@ def with_domain(msg: dict, domain: str) -> dict:
     return msg
 
 
-_CHECKED_ADDRESSES: set[str] = set()       # addresses already found well-formed
+@functools.lru_cache(maxsize=1024)
+def dotted_ipv4(address: str) -> bool:
+    """A dotted-decimal IPv4 address (remembered: a poster sends the same one with every post)."""
+    parts = address.split(".")
+    return len(parts) == 4 and all(p.isascii() and p.isdigit() and int(p) < 256 for p in parts)
 
 
 def check_post_user_info(info: Any, stream: int) -> None:
@@ -956,12 +961,8 @@ def check_post_user_info(info: Any, stream: int) -> None:
             raise ProtocolError(f"JSON Missing required key '{key}'", stream)
     address, user_id = info["Address"], info["UserID"]
     if isinstance(address, str):            # dotted-decimal IPv4 only: the ADS has no IPv6 here
-        if address not in _CHECKED_ADDRESSES:
-            parts = address.split(".")
-            if len(parts) != 4 or not all(p.isascii() and p.isdigit() and int(p) < 256 for p in parts):
-                raise ProtocolError("JSON RSSL Conversion Error. RSSL error code : -1", stream)
-            if len(_CHECKED_ADDRESSES) < 1024:
-                _CHECKED_ADDRESSES.add(address)
+        if not dotted_ipv4(address):
+            raise ProtocolError("JSON RSSL Conversion Error. RSSL error code : -1", stream)
     elif not isinstance(address, int) or isinstance(address, bool):
         raise ProtocolError("JSON Converter Token Type error: token: Address was not expected "
                             f"type:{'NULL' if address is None else token_type(address)}", stream)
