@@ -458,3 +458,27 @@ def test_shipped_config_is_valid_and_sets_the_service():
     values = read_config(str(contribute.find_config()))
     assert {k: v for k, (_, v) in values.items()} == {"service": "NIPROV"}
     load_config(str(contribute.find_config()), contribute.cli)
+
+
+def test_a_file_typed_a_column_at_a_time_reads_as_a_pipe_typed_cell_by_cell():
+    """Issue 12: a file's rows are typed a column at a time (a column of plain numbers in one
+    step); every cell must come out as typed_value() types it alone, as a pipe's rows are."""
+    rows = [b"R%d,%d.25,%d,+%d,.5" % (i, i, i, i) for i in range(150)]
+    rows[3] = b'R3,"1.5\n2.5",7,8,.5'                         # a newline inside a number-like cell
+    rows[120] = b"R120," + b"9" * 400 + b".0,1,2,3"          # beyond a float, in a numeric column
+    rows[121] = b"R121,1.5,99999999999999999999,2,3"         # beyond 64 bits, in an integer column
+    rows[122] = "R122,١٢,1,2,3".encode()                     # not ASCII digits: text
+    rows[123] = b"R123,,1,5.,3"                              # a blank, and "5."
+    rows[60] = b"R60,1.25,1,2," + b"9" * 400 + b".5"           # the only odd cell of its column
+    rows[61] = b"R61,1.25,1,+99999999999999999999,.5"
+    data = b"RIC,BID,BIDSIZE,ASKSIZE,ASK\n" + b"\n".join(rows) + b"\n"
+    by_column = list(csv_rows(Lines(io.BytesIO(data), False), []))
+    by_cell = list(csv_rows(Lines(io.BytesIO(data), True), []))
+    assert by_column == by_cell and len(by_column) == 150
+    assert by_column[0].fields == {"BID": 0.25, "BIDSIZE": 0, "ASKSIZE": 0, "ASK": 0.5}
+    assert by_column[3].fields["BID"] == "1.5\n2.5" and by_column[122].fields["BID"] == "١٢"
+    assert by_column[120] == BadRow(123, "9" * 400 + ".0 is beyond the range of a number")
+    assert by_column[121] == BadRow(124, "99999999999999999999 is beyond the range of a 64-bit integer")
+    assert by_column[123].fields == {"BID": None, "BIDSIZE": 1, "ASKSIZE": 5.0, "ASK": 3}
+    assert by_column[60] == BadRow(63, "9" * 400 + ".5 is beyond the range of a number")
+    assert by_column[61] == BadRow(64, "+99999999999999999999 is beyond the range of a 64-bit integer")
