@@ -68,7 +68,6 @@ SEND_STALL = 30.0                # seconds the ADS may leave what we send unread
 PER_FRAME = 100                  # messages packed into one frame, at most
 CLOSE_TIMEOUT = 2.0              # seconds to wait for the server's close frame
 MAX_SECONDS = 86400.0            # the longest wait any option may ask for
-MAX_FLOAT = sys.float_info.max   # a decimal beyond it is infinity, which JSON cannot carry
 MAX_LINE = 1 << 20               # bytes: a longer input line could never fit in a post
 LATE_MEMORY = 65536              # timed-out PostIDs remembered, to recognise their late Acks
 PONG_TEXT = '{"Type":"Pong"}'
@@ -1134,107 +1133,36 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
             yield BadRow(1, f"header column {i + 1}: {exc}")
             return
     ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
-
-    def records() -> Iterator[BadRow | tuple[int, str, str | None, bool | None, list[str]]]:
-        """Each record checked but for its fields: a BadRow, or (line, ric, service, refresh, cells)."""
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield BadRow(reader.line_num, f"CSV: {exc}")
-                continue
-            while problems:
-                yield BadRow(*problems.popleft())
-            line = reader.line_num
-            if not cells:
-                continue
-            if len(cells) != len(header):
-                yield BadRow(line, f"{len(cells)} cells where the header has {len(header)}")
-                continue
-            ric = cells[ric_at].strip()
-            if not ric:
-                yield BadRow(line, "no RIC")
-                continue
-            try:
-                refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
-            except ValueError as exc:
-                yield BadRow(line, str(exc))
-                continue
-            yield line, ric, cells[service_at].strip() or None if service_at is not None else None, refresh, cells
-
-    if lines.pipe:                               # a pipe's rows go one by one: they may come slowly
-        for record in records():
-            if record.__class__ is BadRow:
-                yield record
-                continue
-            line, ric, service, refresh, cells = record
-            try:
-                yield Row(line, ric, service, refresh, {name: convert(cells[i]) for i, name, convert in columns},
-                          cells)
-            except ValueError as exc:
-                yield BadRow(line, str(exc))
-    else:                                        # a file's rows are typed PER_FRAME at a time
-        out: list = []
-        good = 0
-        for record in itertools.chain(records(), [None]):
-            if record is not None:
-                out.append(record)
-                good += record.__class__ is not BadRow
-                if good < PER_FRAME:
-                    continue
-            rows = [r for r in out if r.__class__ is not BadRow]
-            fields, errors = typed_rows([r[4] for r in rows], columns)
-            k = 0
-            for item in out:
-                if item.__class__ is BadRow:
-                    yield item
-                    continue
-                yield BadRow(item[0], errors[k]) if k in errors else Row(*item[:4], fields[k], item[4])
-                k += 1
-            out, good = [], 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            yield BadRow(reader.line_num, f"CSV: {exc}")
+            continue
+        while problems:
+            yield BadRow(*problems.popleft())
+        line = reader.line_num
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            yield BadRow(line, f"{len(cells)} cells where the header has {len(header)}")
+            continue
+        ric = cells[ric_at].strip()
+        if not ric:
+            yield BadRow(line, "no RIC")
+            continue
+        try:
+            refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
+            fields = {name: convert(cells[i]) for i, name, convert in columns}
+        except ValueError as exc:
+            yield BadRow(line, str(exc))
+            continue
+        service = cells[service_at].strip() or None if service_at is not None else None
+        yield Row(line, ric, service, refresh, fields, cells)
     while problems:
         yield BadRow(*problems.popleft())
-
-
-_INTEGERS = re.compile(r"(?:[-+]?\d+\n)*[-+]?\d+", re.ASCII)
-_PLAIN_DECIMALS = re.compile(r"(?:[-+]?(?:\d+\.\d*|\.\d+)\n)*[-+]?(?:\d+\.\d*|\.\d+)", re.ASCII)
-
-
-def typed_rows(rows: list[list[str]], columns: list) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    """The fields of CSV rows, typed a column at a time: (each row's fields, the first problem
-    of each row that has one, by index). A guessed column of nothing but plain decimals (or
-    integers) is converted in one step, with the same result typed_value() gives each cell;
-    any other column cell by cell."""
-    typed_columns, errors = [], {}
-    for i, _, convert in columns:
-        cells = [row[i] for row in rows]
-        values = None
-        if convert is typed_value and cells:
-            joined = "\n".join(cells)
-            try:                                 # a cell holding a newline fails the conversion
-                if _PLAIN_DECIMALS.fullmatch(joined):
-                    values = list(map(float, cells))
-                    if not (-MAX_FLOAT <= min(values) and max(values) <= MAX_FLOAT):
-                        values = None            # beyond the range of a float: per cell, to say which
-                elif _INTEGERS.fullmatch(joined):
-                    values = list(map(int, cells))
-                    if not (-1 << 63 <= min(values) and max(values) < 1 << 64):
-                        values = None
-            except ValueError:
-                values = None
-        if values is None:
-            values = []
-            for k, raw in enumerate(cells):
-                try:
-                    values.append(convert(raw))
-                except ValueError as exc:
-                    values.append(None)
-                    errors.setdefault(k, str(exc))
-        typed_columns.append(values)
-    names = [name for _, name, _ in columns]
-    return [dict(zip(names, values)) for values in zip(*typed_columns)] if columns else [{} for _ in rows], errors
 
 
 def jsonl_rows(lines: Lines, types: "FieldTypes | None" = None) -> Iterator[Row | BadRow]:
@@ -3460,8 +3388,8 @@ def read_config(path: str) -> dict[str, tuple[int, str]]:
     and configparser's import alone costs a tenth of a one-shot post's budget.
     """
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:              # bytes: the utf-8-sig codec's import costs start-up time
+            lines = f.read().decode().removeprefix("\ufeff").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     values: dict[str, tuple[int, str]] = {}
