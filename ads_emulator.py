@@ -723,30 +723,24 @@ class Session:
         app_id = str(elements.get("ApplicationId", "256"))
         position = str(elements.get("Position", ""))
 
-        def status(code: str, text: str) -> dict:
-            if stream == self.login_id:          # denied on the open login stream: the login ends
+        def deny(code: str, text: str, stream_state: str = "Closed") -> None:
+            """A Login Status that refuses; on the open login stream it ends the login too."""
+            replies.append({"ID": stream, "Type": "Status", "Domain": "Login", "Key": {"Name": user},
+                            "State": {"Stream": stream_state, "Data": "Suspect", "Code": code, "Text": text}})
+            if stream == self.login_id:
                 self.close(stream, "Login")
-            return {"ID": stream, "Type": "Status", "Domain": "Login", "Key": {"Name": user},
-                    "State": {"Stream": "Closed", "Data": "Suspect", "Code": code, "Text": text}}
 
         if self.login_id is not None and stream != self.login_id:
-            replies.append(status("AlreadyOpen", f"Login stream already open on ID {self.login_id}."))
-            return
+            return deny("AlreadyOpen", f"Login stream already open on ID {self.login_id}.")
         if not user:
-            replies.append(status("NotEntitled", "Login rejected: no user name."))
-            return
+            return deny("NotEntitled", "Login rejected: no user name.")
         if user in world.deny_users or (token is None and world.users is not None and user not in world.users):
-            replies.append(status("UserUnknownToPermSys", f"{user}, unknown to system."))
-            return
+            return deny("UserUnknownToPermSys", f"{user}, unknown to system.")
         if app_id in world.deny_app_ids:
-            replies.append(status("UserAccessToAppDenied",
-                                  f"Application {app_id} is not permitted for user {user}."))
-            return
+            return deny("UserAccessToAppDenied", f"Application {app_id} is not permitted for user {user}.")
         if self.server.count_login_recover():
-            recover = status("DacsDown", "A21: Connection to DACS down, users are not allowed to connect")
-            recover["State"]["Stream"] = "ClosedRecover"
-            replies.append(recover)
-            return
+            return deny("DacsDown", "A21: Connection to DACS down, users are not allowed to connect",
+                        "ClosedRecover")
         reissue = self.login_id == stream
         self.login_id, self.user = stream, user
         if reissue and msg.get("Refresh") is False:

@@ -52,9 +52,11 @@ def started() -> None:
     """Start-up is over: the garbage collector comes back on. While the modules were imported
     its passes cost about 4 ms of a one-shot post and found a few hundred objects (kept, not
     worth a full pass); what exists now lives as long as the process, so it is frozen out of
-    every later pass."""
-    gc.freeze()
-    gc.enable()
+    every later pass. Only once: a freeze at a later connection would keep what a long run
+    has made by then, garbage included, for good."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 # ================================================================ constants
 
@@ -263,7 +265,7 @@ def fast_codec() -> Codec:
 
     def dumps(msg: Any) -> bytes:
         data = orjson.dumps(msg)
-        return re.sub(rb'"\\u0000(-?[0-9][0-9.eE+-]*)"', rb"\1", data) if b"\\u0000" in data else data
+        return re.sub(_DIGITS.encode(), rb"\1", data) if b"\\u0000" in data else data
     return Codec(dumps, orjson.loads)
 
 
@@ -283,10 +285,14 @@ class Digits(str):
         return self[1:]
 
 
+# A Digits as json and orjson write it. (Patterns a one-shot post does not need are compiled on
+# first use, through re's own cache.)
+_DIGITS = r'"\\u0000(-?[0-9][0-9.eE+-]*)"'
+
+
 def with_digits(text: str) -> str:
-    """Encoded JSON with each Digits written as the number it holds. (This module's patterns
-    that a one-shot post does not need are compiled on first use, through re's own cache.)"""
-    return re.sub(r'"\\u0000(-?[0-9][0-9.eE+-]*)"', r"\1", text) if "\\u0000" in text else text
+    """Encoded JSON with each Digits written as the number it holds."""
+    return re.sub(_DIGITS, r"\1", text) if "\\u0000" in text else text
 
 
 def positive_int(value: Any) -> int | None:
@@ -533,12 +539,20 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON: post the string \"{name[:3] if name != '-Infinity' else '-Inf'}\"")
 
 
-def _json_decimal(text: str) -> Any:
-    return decimal_of(text)                 # defined with the field types, below
+def decimal_of(text: str) -> Any:
+    """A JSON decimal as the number to send: a float, or Digits when the float would not write
+    back the digits given (22.10, or more digits than a float holds). ValueError for a number
+    beyond the range of a float."""
+    number = float(text)
+    if number - number != 0:
+        raise ValueError(f"{text} is beyond the range of a number")
+    if "e" in text or "E" in text or repr(number) == text:
+        return number
+    return Digits(text)
 
 
 # NaN and Infinity refused; decimals kept as written (Digits) where a float would drop places
-_JSON_VALUES = json.JSONDecoder(parse_constant=_no_constant, parse_float=_json_decimal)
+_JSON_VALUES = json.JSONDecoder(parse_constant=_no_constant, parse_float=decimal_of)
 
 
 def finite(value: Any) -> bool:
@@ -787,12 +801,12 @@ class FieldTypes:
         if raw == "":
             return None
         kind = field.rwf_type
-        if kind.startswith(("INT", "UINT")) or kind == "ENUM" and _INTEGER.fullmatch(raw):
-            if not _INTEGER.fullmatch(raw):
-                raise self.refused(field, raw)
-            return self.from_json(field, int(raw))
-        if kind == "ENUM":
-            return self.enum_by_name(field, raw)
+        if kind.startswith(("INT", "UINT")) or kind == "ENUM":
+            if _INTEGER.fullmatch(raw):
+                return self.from_json(field, int(raw))
+            if kind == "ENUM":
+                return self.enum_by_name(field, raw)
+            raise self.refused(field, raw)
         if kind.startswith(("REAL", "DOUBLE", "FLOAT")):
             if raw in ("Inf", "-Inf", "NaN"):
                 return raw
@@ -896,18 +910,6 @@ def valid_date_time(kind: str, text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def decimal_of(text: str) -> Any:
-    """A JSON decimal as the number to send: a float, or Digits when the float would not write
-    back the digits given (22.10, or more digits than a float holds). ValueError for a number
-    beyond the range of a float."""
-    number = float(text)
-    if number - number != 0:
-        raise ValueError(f"{text} is beyond the range of a number")
-    if "e" in text or "E" in text or repr(number) == text:
-        return number
-    return Digits(text)
 
 
 def json_number(raw: str) -> Any:
@@ -1334,9 +1336,9 @@ class Ledger:
         self.tally(status)
         return Outcome(status, post.service, post.ric, post_id, nak_code, text, post.line)
 
-    def tally(self, status: str) -> None:
-        """Count an outcome (also one for a row that never became a post)."""
-        self.counts[status] = self.counts.get(status, 0) + 1
+    def tally(self, status: str, count: int = 1) -> None:
+        """Count outcomes (also one for a row that never became a post)."""
+        self.counts[status] = self.counts.get(status, 0) + count
 
     def acked(self, ack_ids: list) -> tuple[list[int], list]:
         """End the posts of a frame of plain Acks at once: (their PostIDs, the AckIDs of no
@@ -1348,8 +1350,7 @@ class Ledger:
                 done.append(ack_id)
             else:
                 others.append(ack_id)
-        if done:
-            self.counts["ack"] = self.counts.get("ack", 0) + len(done)
+        self.tally("ack", len(done))
         return done, others
 
     def late_ack(self, post_id: Any) -> bool:
@@ -1718,20 +1719,21 @@ class Reporter:
     def outcome(self, outcome: Outcome) -> None:
         if not (self.quiet and outcome.status == "ack"):
             self.emit(outcome.render(), outcome.data())
-        text = outcome.hint()
-        if text is not None and not self.quiet and text not in self._hinted:
-            self._hinted.add(text)
-            self.say(f"hint: {text}")
+        self.hint_once(outcome.hint())
 
     def result(self, text: str, data: dict, success: bool) -> None:
         if not (self.quiet and success):
             self.emit(text, data)
 
     def hint(self, key: Any, hints: dict[str, str] = HINTS) -> None:
-        """A hint for the common cases, once per run for each case."""
-        if key in hints and not self.quiet and key not in self._hinted:
-            self._hinted.add(key)
-            self.say(f"hint: {hints[key]}")
+        """The hint for a common case (a NakCode, a State Code), if there is one."""
+        self.hint_once(hints.get(key))
+
+    def hint_once(self, text: str | None) -> None:
+        """A hint on stderr, once per run."""
+        if text is not None and not self.quiet and text not in self._hinted:
+            self._hinted.add(text)
+            self.say(f"hint: {text}")
 
     def notice(self, text: str) -> None:
         if not self.quiet:
@@ -2777,6 +2779,8 @@ class Bulk:
                             return
                         batch = []
                         self.slots.get()
+                        if not self.reading:
+                            return
                 item = next(rows, None)
                 if item is None:
                     break
@@ -2870,6 +2874,7 @@ class Bulk:
         """Read nothing more; rows held for --rate end UNSENT (queued ones do as they are taken)."""
         with self.lock:
             self.reading = False
+        self.slots.put(None)                # a reader waiting for a credit wakes, and reads no more
         while self.held:
             self.unsend(self.held.popleft(), "not sent: stopped")
 

@@ -7,9 +7,10 @@ import subprocess
 import threading
 
 from ads_emulator import Emulator, Faults
-from conftest import TIMEOUT
+from conftest import TIMEOUT, serve_in_thread
 from contribute import PostSpec, Reporter, Settings, run_bulk
-from test_e2e import ENV, args_for, contribute
+from test_e2e import ENV, args_for, contribute, logins
+from test_ops import accept_login
 
 
 def bulk(emu: Emulator, path: str, *args: str, opts=(), stdin: str | None = None):
@@ -20,11 +21,6 @@ def bulk(emu: Emulator, path: str, *args: str, opts=(), stdin: str | None = None
 
 def posts(emu: Emulator) -> list[dict]:
     return [m for m in emu.received() if isinstance(m, dict) and m.get("Type") == "Post"]
-
-
-def logins(emu: Emulator) -> int:
-    return sum(1 for m in emu.received() if isinstance(m, dict) and m.get("Domain") == "Login"
-               and m.get("Type", "Request") == "Request")
 
 
 CSV = ("RIC,SERVICE,TYPE,BID,ASK,GEN_TEXT16\n"
@@ -289,9 +285,6 @@ def test_a_file_read_in_batches_never_waits_on_its_own_held_rows(emu, tmp_path):
 def test_a_frame_of_acks_settles_its_posts_and_reports_the_strays(tmp_path):
     """A frame of plain Acks ends its posts in one step; an AckID of no post in the same frame
     (unknown, or one already acked) is reported, not counted, and changes nothing else."""
-    from test_ops import accept_login
-    from conftest import serve_in_thread
-
     async def ads(ws):
         await accept_login(ws, {"SupportOMMPost": 1})
         async for frame in ws:

@@ -43,6 +43,11 @@ def received(emu: Emulator, mtype: str) -> list[dict]:
     return [m for m in emu.received() if isinstance(m, dict) and m.get("Type", "Request") == mtype]
 
 
+def logins(emu: Emulator) -> int:
+    """How many Login Requests the emulator received."""
+    return sum(1 for m in received(emu, "Request") if m.get("Domain") == "Login")
+
+
 # ---------------------------------------------------------------- exit 0
 
 def test_post_is_acked_exit_0(emu):

@@ -21,7 +21,7 @@ import pytest
 from ads_emulator import Emulator, Faults, Item, World
 from conftest import TIMEOUT, Client, Running, serve_in_thread, unread_bytes_to, wait_until
 from contribute import ContributeError, Reporter, Session, Settings
-from test_e2e import CONTRIBUTE, ENV, args_for, contribute, post, received
+from test_e2e import CONTRIBUTE, ENV, args_for, contribute, logins, post, received
 from test_ops import accept_login, raw_server
 
 FAST = ["--reconnect-min", "0.05", "--reconnect-max", "0.2"]
@@ -40,10 +40,6 @@ def parsed(out: str) -> tuple[list[dict], dict]:
     """--json output: the outcome lines, and the summary."""
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return [line for line in lines if "status" in line], next(line["summary"] for line in lines if "summary" in line)
-
-
-def logins(emu: Emulator) -> int:
-    return sum(1 for m in emu.received() if m.get("Domain") == "Login" and m.get("Type", "Request") == "Request")
 
 
 def interrupt_twice(run: Running, sig: signal.Signals) -> None:

@@ -13,7 +13,7 @@ import time
 from ads_emulator import Emulator, Faults, Item, World
 from conftest import TIMEOUT, Running, serve_in_thread
 from contribute import AckBatch, Closed, Session, Settings, build_post
-from test_e2e import ENV, args_for, contribute, received
+from test_e2e import ENV, args_for, contribute, logins, received
 from test_ops import accept_login, raw_server
 
 FAST = ["--reconnect-min", "0.05", "--reconnect-max", "0.2"]
@@ -21,10 +21,6 @@ FAST = ["--reconnect-min", "0.05", "--reconnect-max", "0.2"]
 
 def post(port: int, *args: str, opts=()) -> subprocess.CompletedProcess:
     return contribute(port, *opts, "post", "--service", "NIPROV", *args)
-
-
-def logins(emu: Emulator) -> int:
-    return sum(1 for m in received(emu, "Request") if m.get("Domain") == "Login")
 
 
 # 1 ------------------------------------------------------------------------------------------

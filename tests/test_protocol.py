@@ -1,6 +1,7 @@
 """The pure layers of contribute.py: message building, classification, fields, ledger, config."""
 from __future__ import annotations
 
+import gc
 import io
 import json
 import random
@@ -9,7 +10,7 @@ import pytest
 
 import contribute
 from conftest import DICTIONARY
-from contribute import (STDLIB, Digits, fast_codec, AckBatch, BadRow, Lines, LoginNotice, csv_rows, decode,
+from contribute import (STDLIB, Digits, fast_codec, started, AckBatch, BadRow, Lines, LoginNotice, csv_rows, decode,
                         jsonl_rows, load_config, pack, parse_host)
 from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger,
                         LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
@@ -482,3 +483,13 @@ def test_a_file_typed_a_column_at_a_time_reads_as_a_pipe_typed_cell_by_cell():
     assert by_column[123].fields == {"BID": None, "BIDSIZE": 1, "ASKSIZE": 5.0, "ASK": 3}
     assert by_column[60] == BadRow(63, "9" * 400 + ".5 is beyond the range of a number")
     assert by_column[61] == BadRow(64, "+99999999999999999999 is beyond the range of a 64-bit integer")
+
+
+def test_the_collector_is_frozen_once_not_at_every_connection():
+    """started() runs at each connection; only the first may freeze what exists (a later freeze
+    would keep a long run's garbage for good)."""
+    started()
+    frozen = gc.get_freeze_count()
+    garbage = [[i] for i in range(1000)]
+    started()
+    assert gc.isenabled() and gc.get_freeze_count() == frozen and garbage
