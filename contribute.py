@@ -72,6 +72,7 @@ CLOSE_TIMEOUT = 2.0              # seconds to wait for the server's close frame
 MAX_SECONDS = 86400.0            # the longest wait any option may ask for
 MAX_LINE = 1 << 20               # bytes: a longer input line could never fit in a post
 LATE_MEMORY = 65536              # timed-out PostIDs remembered, to recognise their late Acks
+BULK_GC_THRESHOLD = 50_000       # new containers between collector passes in a bulk run (Python's: 700)
 PONG_TEXT = '{"Type":"Pong"}'
 PING_TEXT = '{"Type":"Ping"}'
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"     # RFC 6455: Sec-WebSocket-Accept
@@ -213,7 +214,7 @@ def build_payload(refresh: bool, domain: str, fields: dict[str, Any]) -> dict:
     return message
 
 
-def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any], *,
+def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any],
                refresh: bool = False, domain: str = "MarketPrice",
                post_user_info: dict | None = None, stream: int = LOGIN_STREAM) -> dict:
     """A Post asking for an Ack: off-stream (on the login stream, with the item's Key) by default,
@@ -1135,36 +1136,102 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
             yield BadRow(1, f"header column {i + 1}: {exc}")
             return
     ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
+    typed = column_typing(columns)
+    ahead = 1 if lines.pipe else PER_FRAME   # a pipe's rows go as they come, a file's a frame at a time
+    batch: list[BadRow | tuple] = []          # in input order: bad rows, and rows whose cells to type
     while True:
+        if len(batch) >= ahead:
+            yield from typed_rows(batch, typed)
+            batch = []
         try:
             cells = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            yield BadRow(reader.line_num, f"CSV: {exc}")
+            batch.append(BadRow(reader.line_num, f"CSV: {exc}"))
             continue
         while problems:
-            yield BadRow(*problems.popleft())
+            batch.append(BadRow(*problems.popleft()))
         line = reader.line_num
         if not cells:
             continue
         if len(cells) != len(header):
-            yield BadRow(line, f"{len(cells)} cells where the header has {len(header)}")
+            batch.append(BadRow(line, f"{len(cells)} cells where the header has {len(header)}"))
             continue
         ric = cells[ric_at].strip()
         if not ric:
-            yield BadRow(line, "no RIC")
+            batch.append(BadRow(line, "no RIC"))
             continue
         try:
             refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
-            fields = {name: convert(cells[i]) for i, name, convert in columns}
         except ValueError as exc:
-            yield BadRow(line, str(exc))
+            batch.append(BadRow(line, str(exc)))
             continue
         service = cells[service_at].strip() or None if service_at is not None else None
-        yield Row(line, ric, service, refresh, fields, cells)
+        batch.append((line, ric, service, refresh, cells))
+    yield from typed_rows(batch, typed)
     while problems:
         yield BadRow(*problems.popleft())
+
+
+def typed_rows(batch: list[BadRow | tuple], typed: Callable[[list[list[str]]], list]) -> Iterator[Row | BadRow]:
+    """A batch of csv_rows in order, each row's cells typed (a BadRow when one cannot be)."""
+    fields = iter(typed([item[4] for item in batch if item.__class__ is tuple]))
+    for item in batch:
+        if item.__class__ is not tuple:
+            yield item
+            continue
+        values, (line, ric, service, refresh, cells) = next(fields), item
+        if values.__class__ is str:
+            yield BadRow(line, values)
+        else:
+            yield _new_tuple(Row, (line, ric, service, refresh, values, cells))   # Row(...), 100 ns less
+
+
+def column_typing(columns: list[tuple[int, str, Callable[[str], Any]]]) -> Callable[[list[list[str]]], list]:
+    """How to type the cells of a batch of CSV rows, a column at a time: each row's fields (a
+    dict), or why it cannot be posted (str: the first bad cell's problem). A column of plain
+    numbers with no dictionary is read by orjson in one step (plain_numbers); any other column
+    cell by cell, by its converter."""
+    names = [name for _, name, _ in columns]
+    guessed = all(convert is typed_value for _, _, convert in columns)
+
+    def typed(rows: list[list[str]]) -> list:
+        values, problems = [], {}
+        for at, _, convert in columns:
+            cells = [row[at] for row in rows]
+            column = plain_numbers(cells) if guessed else None
+            if column is None:
+                column = []
+                for n, cell in enumerate(cells):
+                    try:
+                        column.append(convert(cell))
+                    except ValueError as exc:
+                        problems.setdefault(n, str(exc))
+                        column.append(None)
+            values.append(column)
+        return [problems.get(n) or dict(zip(names, row)) for n, row in enumerate(zip(*values))]
+    return typed
+
+
+def plain_numbers(cells: list[str]) -> list | None:
+    """The cells as typed_value types them, when each is a plain JSON number (no blank, text or
+    space; no integer beyond 64 bits, which orjson would read as a float): read by orjson as
+    one array, a tenth of the time. None when any is not."""
+    import orjson                             # post --file only, whose frames orjson encodes anyway
+
+    text = ",".join(cells)
+    if not text.isprintable() or " " in text:
+        return None
+    try:
+        values = orjson.loads("[" + text + "]")
+    except ValueError:
+        return None
+    kinds = set(map(type, values))
+    if len(values) != len(cells) or not kinds <= {int, float} or \
+            float in kinds and not -9e18 < min(values) <= max(values) < 9e18:
+        return None
+    return values
 
 
 def jsonl_rows(lines: Lines, types: "FieldTypes | None" = None) -> Iterator[Row | BadRow]:
@@ -1223,6 +1290,7 @@ class Outcome(NamedTuple):
     nak_code: str | None = None
     text: str | None = None
     line: int | None = None            # the input line, for posts read from a file
+    row: "Row | None" = None           # the input row it came from (for --failed-out): not printed
 
     def render(self) -> str:
         words = [self.status.upper(), word(self.service), word(self.ric)]
@@ -1238,7 +1306,7 @@ class Outcome(NamedTuple):
 
     def data(self) -> dict:
         """The --json form: every field that is set."""
-        return {k: v for k, v in self._asdict().items() if v is not None}
+        return {k: v for k, v in self._asdict().items() if v is not None and k != "row"}
 
     def hint_key(self) -> str | None:
         """The HINTS key for this outcome: its NakCode, or for an ADS Error about a field
@@ -1276,12 +1344,15 @@ FIELD_HINTS = {
 }
 
 
+_new_tuple = tuple.__new__
+
+
 class Pending(NamedTuple):
     service: str
     ric: str
     deadline: float                    # set once, when the post is made: resends keep it
     message: dict                      # the Post, as sent (again after a reconnect)
-    line: int | None = None
+    row: "Row | None" = None           # the input row it came from (post --file)
 
 
 class Ledger:
@@ -1306,8 +1377,9 @@ class Ledger:
         return next(self._ids)
 
     def add(self, post_id: int, service: str, ric: str, deadline: float, message: dict,
-            line: int | None = None) -> None:
-        self.pending[post_id] = Pending(service, ric, deadline, message, line)
+            row: "Row | None" = None) -> None:
+        # tuple.__new__: a NamedTuple's own __new__ is a Python call, 100 ns a post in bulk
+        self.pending[post_id] = _new_tuple(Pending, (service, ric, deadline, message, row))
         self.unsent[post_id] = None
 
     def take_unsent(self) -> list[dict]:
@@ -1334,23 +1406,26 @@ class Ledger:
             if len(self._expired) > LATE_MEMORY:
                 del self._expired[next(iter(self._expired))]
         self.tally(status)
-        return Outcome(status, post.service, post.ric, post_id, nak_code, text, post.line)
+        row = post.row
+        return Outcome(status, post.service, post.ric, post_id, nak_code, text, row and row.line, row)
 
     def tally(self, status: str, count: int = 1) -> None:
         """Count outcomes (also one for a row that never became a post)."""
         self.counts[status] = self.counts.get(status, 0) + count
 
-    def acked(self, ack_ids: list) -> tuple[list[int], list]:
-        """End the posts of a frame of plain Acks at once: (their PostIDs, the AckIDs of no
-        pending post)."""
-        pending, unsent, done, others = self.pending, self.unsent, [], []
+    def acked(self, ack_ids: list) -> tuple[int, list]:
+        """End the posts of a frame of plain Acks at once: (how many, the AckIDs of no pending
+        post)."""
+        pop, others = self.pending.pop, []
         for ack_id in ack_ids:
-            if type(ack_id) is int and pending.pop(ack_id, None) is not None:
-                unsent.pop(ack_id, None)
-                done.append(ack_id)
-            else:
+            if type(ack_id) is not int or pop(ack_id, None) is None:
                 others.append(ack_id)
-        self.tally("ack", len(done))
+        if self.unsent:                          # Acks from an earlier connection for posts to resend
+            for ack_id in ack_ids:
+                if type(ack_id) is int:
+                    self.unsent.pop(ack_id, None)
+        done = len(ack_ids) - len(others)
+        self.tally("ack", done)
         return done, others
 
     def late_ack(self, post_id: Any) -> bool:
@@ -1806,7 +1881,7 @@ class Session:
         self.on_other: Callable[[Any], None] | None = None    # events that are not the protocol's
         self.on_reconnect: Callable[[], None] | None = None   # logged in again, before the resend
         self.on_late: Callable[[int], None] | None = None     # an Ack after the post's TIMEOUT
-        self.on_acks: Callable[[list[int]], None] | None = None   # posts acked, instead of outcomes
+        self.on_acks: Callable[[int], None] | None = None   # how many posts a frame acked, instead of outcomes
         # Item streams: each open stream's handler, and the Requests to send again after a
         # reconnect (streaming ones only). Stream IDs follow the login's.
         self.items: dict[int, Callable[[Any], None]] = {}
@@ -2158,14 +2233,24 @@ class Session:
     # -- posts
 
     def post(self, service: str, ric: str, fields: dict[str, Any], refresh: bool, *,
-             domain: str = "MarketPrice", stream: int = LOGIN_STREAM, line: int | None = None) -> int:
+             domain: str = "MarketPrice", stream: int = LOGIN_STREAM, row: "Row | None" = None) -> int:
         """Make a post, pending from now with its ack deadline; flush() sends it. Off-stream
         unless stream is an open item stream. Its PostID."""
         post_id = self.ledger.new_id()
-        message = build_post(post_id, service, ric, fields, refresh=refresh, domain=domain,
-                             post_user_info=self.user_info, stream=stream)
-        self.ledger.add(post_id, service, ric, time.monotonic() + self.ack_timeout, message, line)
+        message = build_post(post_id, service, ric, fields, refresh, domain, self.user_info, stream)
+        self.ledger.add(post_id, service, ric, time.monotonic() + self.ack_timeout, message, row)
         return post_id
+
+    def post_rows(self, rows: list["Row"], service: str, refresh: bool, domain: str) -> None:
+        """post() for each row of a file, at once (the bulk hot path): one ack deadline for
+        them all. A row's own SERVICE and TYPE, where it has them, go before service and refresh."""
+        ledger, info = self.ledger, self.user_info
+        new_id, add, deadline = ledger.new_id, ledger.add, time.monotonic() + self.ack_timeout
+        for row in rows:
+            post_id, row_service = new_id(), row.service or service
+            add(post_id, row_service, row.ric, deadline, build_post(
+                post_id, row_service, row.ric, row.fields, refresh if row.refresh is None else row.refresh,
+                domain, info), row)
 
     def flush(self) -> None:
         """Send the posts not yet sent, packed into frames under the login's MaxMsgSize, when
@@ -2726,13 +2811,15 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
 
 
 class Bulk:
-    """`post --file`: rows read on a thread of their own, posted as they come, each accounted for.
+    """`post --file`: rows read as the window allows, posted as they come, each accounted for.
 
-    The reader thread puts rows on the session's queue, each against one of --window credits;
-    a credit comes back when the row's post ends. So rows read plus posts in flight never exceed
-    --window, and memory stays flat whatever the input's size. Posts are sent as soon as the
-    queue is momentarily empty or PER_FRAME are waiting: a slow pipe is posted row by row and a
-    file in full frames. A row's ack deadline starts when the main thread takes it, so during an
+    Every row is read against one of --window credits; a credit comes back when the row's post
+    ends (a frame's Acks give theirs back at once). So rows read plus posts in flight never
+    exceed --window, and memory stays flat whatever the input's size. A file is read by the
+    main thread, a frame's rows at a time (read); a pipe, whose reads may block, by a thread of
+    its own, row by row onto the session's queue (feed). Posts are sent as soon as the queue is
+    momentarily empty or PER_FRAME are waiting: a slow pipe is posted row by row and a file in
+    full frames. A row's ack deadline starts when the main thread takes it, so during an
     outage rows time out like posts in flight. Once stopping (Ctrl-C, SIGTERM, stdout closed,
     --strict) nothing more is read or sent: rows read and not yet posted end UNSENT.
     """
@@ -2742,14 +2829,13 @@ class Bulk:
         self.session, self.spec, self.refresh, self.rate, self.strict = session, spec, refresh, rate, strict
         self.reporter = session.reporter
         self.failed = failed
-        self.credits = window               # the reader's own count, before it needs slots
-        self.slots: queue.SimpleQueue[None] = queue.SimpleQueue()   # credits given back
+        self.credits = window               # the reader's own count of credits
+        self.slots: queue.SimpleQueue[int] = queue.SimpleQueue()    # credits given back, in counts
         self.lock = threading.Lock()        # the reader puts rows only while `reading`
         self.reading = True
         self.window = window
         self.held: deque[Row] = deque()     # rows waiting for --rate
         self.next_at = 0.0                  # when --rate lets the next row go
-        self.rows: dict[int, Row] = {}      # post id -> row, while in flight
         self.timed_out: dict[int, Row] = {} # TIMEOUT rows, out of --failed-out while a late Ack may come
         self.ended = False                  # all input read
         self.stopped = False                # --strict met a bad row
@@ -2760,39 +2846,53 @@ class Bulk:
 
     # -- rows in
 
-    def feed(self, rows: Iterator[Row | BadRow], events: Any, batch_size: int = 1) -> None:
-        """The reader thread: a credit before each row is read, then the rows go on the queue, in
-        lists of up to batch_size (PER_FRAME from a file; one by one from a pipe, whose rows may
-        come slowly). Rows held are handed over before waiting for a credit."""
+    def read(self, rows: Iterator[Row | BadRow]) -> None:
+        """A file's next rows, taken on the main thread: as many as the credits allow, up to a
+        frame's (a file's read does not block, so it needs no thread)."""
+        if self.ended or not self.reading:
+            return
+        while not self.slots.empty():
+            self.credits += self.slots.get()
+        count, batch, end = min(self.credits, PER_FRAME), [], None
+        if not count:
+            return
+        try:
+            for item in rows:
+                batch.append(item)
+                if len(batch) == count:
+                    break
+            else:
+                end = EndOfInput(None)
+        except Exception as exc:            # unreadable input (an I/O error): reported, not raised
+            end = EndOfInput(f"{type(exc).__name__}: {exc}")
+        self.credits -= len(batch)
+        self.take(batch + [end] if end else batch)
+
+    @property
+    def readable(self) -> bool:
+        """A file has rows to read now: not all read, not stopped, and a credit to read them."""
+        return not self.ended and self.reading and bool(self.credits or not self.slots.empty())
+
+    def feed(self, rows: Iterator[Row | BadRow], events: Any) -> None:
+        """The reader thread of a pipe: a credit before each row is read, then the row goes on
+        the queue."""
         end = EndOfInput(None)
-        batch: list[Row | BadRow] = []
         try:
             rows = iter(rows)
             while True:
-                if self.credits:
-                    self.credits -= 1
-                else:
-                    try:
-                        self.slots.get(block=False)
-                    except queue.Empty:
-                        if not self.hand_over(batch, events):
-                            return
-                        batch = []
-                        self.slots.get()
-                        if not self.reading:
-                            return
+                if not self.credits:
+                    self.credits = self.slots.get()
+                    if not self.reading:
+                        return
+                self.credits -= 1
                 item = next(rows, None)
                 if item is None:
                     break
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    if not self.hand_over(batch, events):
-                        return
-                    batch = []
+                if not self.hand_over([item], events):
+                    return
         except Exception as exc:            # unreadable input (an I/O error): reported, not raised
             end = EndOfInput(f"{type(exc).__name__}: {exc}")
-        if self.hand_over(batch, events):
-            self.hand_over([end], events)
+        self.hand_over([end], events)
 
     def hand_over(self, batch: list, events: Any) -> bool:
         """Rows to the main thread, unless it stopped reading (then False)."""
@@ -2810,13 +2910,15 @@ class Bulk:
             for item in items:
                 self.take_one(item)
             return
-        service, post = self.spec.service, self.post
+        service, rows = self.spec.service, []
         for item in items:
             if item.__class__ is Row and (item.service or service):
-                self.last_line = item.line
-                post(item)
+                rows.append(item)
             else:
                 self.take_one(item)
+        if rows:
+            self.last_line = max(self.last_line, rows[-1].line)
+            self.post(rows)
 
     def take_one(self, item: Any) -> None:
         if isinstance(item, Row):
@@ -2825,15 +2927,15 @@ class Bulk:
                 self.unsend(item, "not sent: --strict stopped at an earlier line" if self.stopped
                             else "not sent: stopped")
             elif not (item.service or self.spec.service):
-                self.slots.put(None)
+                self.slots.put(1)
                 self.reject(item.line, "no service: give --service or a SERVICE column")
             elif self.rate:
                 self.held.append(item)
             else:
-                self.post(item)
+                self.post([item])
         elif isinstance(item, BadRow):
             self.last_line = max(self.last_line, item.line)
-            self.slots.put(None)
+            self.slots.put(1)
             self.reject(item.line, item.text)
         elif isinstance(item, EndOfInput):
             self.ended, self.read_error = True, item.error
@@ -2851,7 +2953,7 @@ class Bulk:
 
     def unsend(self, row: Row, text: str) -> None:
         """A row read but never posted: reported, counted, and written to --failed-out."""
-        self.slots.put(None)
+        self.slots.put(1)
         self.unsent += 1
         self.session.ledger.tally("unsent")
         self.reporter.outcome(Outcome("unsent", row.service or self.spec.service, row.ric, None,
@@ -2863,7 +2965,7 @@ class Bulk:
         """Post the rows --rate allows now."""
         now = time.monotonic()
         while self.held and self.next_at <= now:
-            self.post(self.held.popleft())
+            self.post([self.held.popleft()])
             self.next_at = max(self.next_at, now) + 1 / self.rate
 
     def next_release(self) -> float | None:
@@ -2874,7 +2976,7 @@ class Bulk:
         """Read nothing more; rows held for --rate end UNSENT (queued ones do as they are taken)."""
         with self.lock:
             self.reading = False
-        self.slots.put(None)                # a reader waiting for a credit wakes, and reads no more
+        self.slots.put(1)                # a reader waiting for a credit wakes, and reads no more
         while self.held:
             self.unsend(self.held.popleft(), "not sent: stopped")
 
@@ -2884,22 +2986,19 @@ class Bulk:
 
     # -- posts out
 
-    def post(self, row: Row) -> None:
+    def post(self, rows: list[Row]) -> None:
         session = self.session
-        refresh = self.refresh if row.refresh is None else row.refresh
-        post_id = session.post(row.service or self.spec.service, row.ric, row.fields, refresh,
-                               domain=self.spec.domain, line=row.line)
-        self.rows[post_id] = row
-        self.posted += 1
+        session.post_rows(rows, self.spec.service, self.refresh, self.spec.domain)
+        self.posted += len(rows)
         if len(session.ledger.unsent) >= PER_FRAME:
             session.flush()
 
     def on_outcome(self, outcome: Outcome) -> None:
         """Every post's ending (the session's observer): its credit comes back; failures are
         printed and go to --failed-out (TIMEOUT rows only once no late Ack can keep them out)."""
-        row = self.rows.pop(outcome.post_id, None)
+        row = outcome.row
         if row is not None:
-            self.slots.put(None)
+            self.slots.put(1)
         if outcome.status == "ack":
             return
         if outcome.nak_code:
@@ -2914,12 +3013,9 @@ class Bulk:
         if len(self.timed_out) > self.window:
             self.failed.write(self.timed_out.pop(next(iter(self.timed_out))))
 
-    def on_acks(self, post_ids: list[int]) -> None:
+    def on_acks(self, count: int) -> None:
         """Posts acknowledged (a frame's plain Acks at once): their credits come back."""
-        rows, give_back = self.rows, self.slots.put
-        for post_id in post_ids:
-            if rows.pop(post_id, None) is not None:
-                give_back(None)
+        self.slots.put(count)
 
     def on_late(self, post_id: int) -> None:
         """An Ack after the TIMEOUT: the ADS has the row, so it stays out of --failed-out."""
@@ -3006,6 +3102,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
     binary, pipe = open_input(path)
     header: list[str] = []
     failed = bulk = None
+    collecting = gc.get_threshold()
     try:
         if failed_out is not None:
             if same_file(binary, failed_out):
@@ -3018,15 +3115,21 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
         progress = progress_bar(reporter, path)
         with Session(settings, reporter, spec=spec, recover=True, codec=fast_codec()) as session:
             session.connect()
+            # The window's posts live until their Acks and form no cycles: a pass every 700 new
+            # containers (Python's default) would walk them again and again for nothing.
+            gc.set_threshold(BULK_GC_THRESHOLD)
             bulk = Bulk(session, spec, refresh, window, rate, strict, failed)
             session.outcome, session.on_other, session.on_late = bulk.on_outcome, bulk.take, bulk.on_late
             session.on_acks = bulk.on_acks
-            threading.Thread(target=bulk.feed, args=(rows, session.events, 1 if pipe else PER_FRAME),
-                             name="input", daemon=True).start()
+            if pipe:
+                threading.Thread(target=bulk.feed, args=(rows, session.events), name="input", daemon=True).start()
             while not (bulk.done or bulk.stopped or session.stopping):
                 bulk.release_held()
+                if not pipe:
+                    bulk.read(rows)
                 sending = session.ledger.unsent and session.connected
-                event = session.wait(time.monotonic() if sending else bulk.next_release())
+                busy = sending or not pipe and bulk.readable
+                event = session.wait(time.monotonic() if busy else bulk.next_release())
                 if sending and (event is None or len(session.ledger.unsent) >= PER_FRAME):
                     session.flush()
                     if progress is not None:
@@ -3037,6 +3140,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
         if progress is not None:
             progress.render_finish()
     finally:
+        gc.set_threshold(*collecting)
         if bulk is not None:
             bulk.finish()
             bulk_summary(bulk, reporter, time.monotonic() - started, failed_out)
