@@ -2846,16 +2846,16 @@ class Bulk:
 
     # -- rows in
 
-    def read(self, rows: Iterator[Row | BadRow]) -> None:
+    def read(self, rows: Iterator[Row | BadRow]) -> bool:
         """A file's next rows, taken on the main thread: as many as the credits allow, up to a
-        frame's (a file's read does not block, so it needs no thread)."""
+        frame's (a file's read does not block, so it needs no thread). True when it took any."""
         if self.ended or not self.reading:
-            return
+            return False
         while not self.slots.empty():
             self.credits += self.slots.get()
         count, batch, end = min(self.credits, PER_FRAME), [], None
         if not count:
-            return
+            return False
         try:
             for item in rows:
                 batch.append(item)
@@ -2867,6 +2867,7 @@ class Bulk:
             end = EndOfInput(f"{type(exc).__name__}: {exc}")
         self.credits -= len(batch)
         self.take(batch + [end] if end else batch)
+        return True
 
     @property
     def readable(self) -> bool:
@@ -3125,10 +3126,9 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
                 threading.Thread(target=bulk.feed, args=(rows, session.events), name="input", daemon=True).start()
             while not (bulk.done or bulk.stopped or session.stopping):
                 bulk.release_held()
-                if not pipe:
-                    bulk.read(rows)
+                took = not pipe and bulk.read(rows)
                 sending = session.ledger.unsent and session.connected
-                busy = sending or not pipe and bulk.readable
+                busy = sending or took or not pipe and bulk.readable
                 event = session.wait(time.monotonic() if busy else bulk.next_release())
                 if sending and (event is None or len(session.ledger.unsent) >= PER_FRAME):
                     session.flush()

@@ -282,6 +282,20 @@ def test_a_file_read_in_batches_never_waits_on_its_own_held_rows(emu, tmp_path):
     assert (summary["lines"], summary["posted"], summary["acknowledged"]) == (251, 250, 250)
 
 
+def test_a_file_read_to_its_end_with_nothing_in_flight_ends_the_run_then(tmp_path):
+    """A file is read by the main thread between its waits: when a read leaves nothing in flight
+    (a header refused; the last row taken with --window 1 and acked), the run must end then,
+    not wait for the next event. With the keepalives an hour apart, such a wait is a hang."""
+    with Emulator(ping_interval=3600, ping_timeout=3600) as emu:
+        refused, rows = tmp_path / "refused.csv", tmp_path / "rows.csv"
+        refused.write_text("BID,ASK\n1,2\n")
+        rows.write_text("RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(5)))
+        result = bulk(emu, str(refused))
+        assert result.returncode == 2 and "no RIC column" in result.stdout, result.stderr
+        result = bulk(emu, str(rows), "--window", "1")
+        assert result.returncode == 0 and "posted 5, acknowledged 5" in result.stderr, result.stderr
+
+
 def test_a_frame_of_acks_settles_its_posts_and_reports_the_strays(tmp_path):
     """A frame of plain Acks ends its posts in one step; an AckID of no post in the same frame
     (unknown, or one already acked) is reported, not counted, and changes nothing else."""
