@@ -2815,7 +2815,8 @@ class Bulk:
 
     Every row is read against one of --window credits; a credit comes back when the row's post
     ends (a frame's Acks give theirs back at once). So rows read plus posts in flight never
-    exceed --window, and memory stays flat whatever the input's size. A file is read by the
+    exceed --window (and the frame's rows a file's CSV reader types ahead), and memory stays
+    flat whatever the input's size. A file is read by the
     main thread, a frame's rows at a time (read); a pipe, whose reads may block, by a thread of
     its own, row by row onto the session's queue (feed). Posts are sent as soon as the queue is
     momentarily empty or PER_FRAME are waiting: a slow pipe is posted row by row and a file in
@@ -2911,19 +2912,18 @@ class Bulk:
             for item in items:
                 self.take_one(item)
             return
-        service, rows = self.spec.service, []
+        service, rows, others = self.spec.service, [], []
         for item in items:
-            if item.__class__ is Row and (item.service or service):
-                rows.append(item)
-            else:
-                self.take_one(item)
+            (rows if item.__class__ is Row and (item.service or service) else others).append(item)
         if rows:
             self.last_line = max(self.last_line, rows[-1].line)
             self.post(rows)
+        for item in others:                 # bad rows, the end of the input
+            self.take_one(item)
 
     def take_one(self, item: Any) -> None:
         if isinstance(item, Row):
-            self.last_line = item.line
+            self.last_line = max(self.last_line, item.line)
             if self.stopped or not self.reading or self.session.stopping:
                 self.unsend(item, "not sent: --strict stopped at an earlier line" if self.stopped
                             else "not sent: stopped")
