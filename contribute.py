@@ -1194,13 +1194,16 @@ def column_typing(columns: list[tuple[int, str, Callable[[str], Any]]]) -> Calla
     numbers with no dictionary is read by orjson in one step (plain_numbers); any other column
     cell by cell, by its converter."""
     names = [name for _, name, _ in columns]
-    guessed = all(convert is typed_value for _, _, convert in columns)
+    loads = None
+    if all(convert is typed_value for _, _, convert in columns):
+        import orjson                         # post --file only, whose frames orjson encodes anyway
+        loads = orjson.loads
 
     def typed(rows: list[list[str]]) -> list:
         values, problems = [], {}
         for at, _, convert in columns:
             cells = [row[at] for row in rows]
-            column = plain_numbers(cells) if guessed else None
+            column = plain_numbers(cells, loads) if loads else None
             if column is None:
                 column = []
                 for n, cell in enumerate(cells):
@@ -1214,17 +1217,15 @@ def column_typing(columns: list[tuple[int, str, Callable[[str], Any]]]) -> Calla
     return typed
 
 
-def plain_numbers(cells: list[str]) -> list | None:
+def plain_numbers(cells: list[str], loads: Callable[[str], Any]) -> list | None:
     """The cells as typed_value types them, when each is a plain JSON number (no blank, text or
-    space; no integer beyond 64 bits, which orjson would read as a float): read by orjson as
-    one array, a tenth of the time. None when any is not."""
-    import orjson                             # post --file only, whose frames orjson encodes anyway
-
+    space; no integer beyond 64 bits, which orjson would read as a float): read by orjson's
+    loads as one array, a tenth of the time. None when any is not."""
     text = ",".join(cells)
     if not text.isprintable() or " " in text:
         return None
     try:
-        values = orjson.loads("[" + text + "]")
+        values = loads("[" + text + "]")
     except ValueError:
         return None
     kinds = set(map(type, values))

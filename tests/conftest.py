@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -102,11 +103,13 @@ def post(stream=1, ric="UMER.TST", service="NIPROV", fields=None, mtype="Update"
     return msg
 
 
+@contextlib.contextmanager
 def serve_in_thread(handler, subprotocols=("tr_json2",)):
-    """A deliberately broken WebSocket server on a loopback port; returns (port, stop).
+    """A deliberately broken WebSocket server on a loopback port, for a with block: its port.
 
-    stop() fails the test if the server's thread did not end, or if the handler raised
-    anything but the client going away: a test server's own bug must not pass unseen."""
+    Leaving the block stops it, and fails the test if the server's thread did not end, or if
+    the handler raised anything but the client going away: a test server's own bug must not
+    pass unseen."""
     ready, loop_box, failures = threading.Event(), {}, []
 
     async def guarded(ws):
@@ -130,13 +133,14 @@ def serve_in_thread(handler, subprotocols=("tr_json2",)):
     thread.start()
     assert ready.wait(TIMEOUT)
 
-    def stop():
+    try:
+        yield loop_box["port"]
+    finally:
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         thread.join(TIMEOUT)
         assert not thread.is_alive(), "the test server did not stop"
         if failures:
             raise AssertionError(f"the test server failed: {failures[0]!r}") from failures[0]
-    return loop_box["port"], stop
 
 
 class Running:

@@ -272,8 +272,8 @@ def test_interrupted_feed_exits_130_after_acking_what_was_read(emu):
 # ------------------------------------------------------------ issue 12: rows and Acks a frame at a time
 
 def test_a_file_read_in_batches_never_waits_on_its_own_held_rows(emu, tmp_path):
-    """Rows from a file go to the main thread in lists of up to 100; with --window 1 the reader
-    must hand its rows over before it waits for a credit, or the run would wait forever."""
+    """A file is read up to 100 rows at a time, as the credits allow; with --window 1 every row
+    must still be read, posted and acked, one credit at a time, or the run would wait forever."""
     path = tmp_path / "rows.csv"
     path.write_text("RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(250)))
     result = bulk(emu, str(path), "--window", "1", opts=("--json",))
@@ -309,13 +309,10 @@ def test_a_frame_of_acks_settles_its_posts_and_reports_the_strays(tmp_path):
                 await ws.send(json.dumps(acks))
     path = tmp_path / "rows.csv"
     path.write_text("RIC,BID\n" + "".join(f"UMER.TST,{i}\n" for i in range(150)))
-    port, stop = serve_in_thread(ads)
-    try:
+    with serve_in_thread(ads) as port:
         result = subprocess.run(args_for(port, "--json", "post", "--service", "NIPROV", "--file", str(path)),
                                 capture_output=True, text=True, timeout=TIMEOUT * 6, env=ENV,
                                 stdin=subprocess.DEVNULL)
-    finally:
-        stop()
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])["summary"]
     assert (summary["posted"], summary["acknowledged"], summary["acknowledged_late"]) == (150, 150, 0)

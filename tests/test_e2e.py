@@ -166,11 +166,8 @@ def test_server_sending_non_json_is_a_protocol_violation_exit_1():
         await ws.recv()
         await ws.send("this is not json")
         await ws.wait_closed()
-    port, stop = serve_in_thread(handler)
-    try:
+    with serve_in_thread(handler) as port:
         result = contribute(port, "login")
-    finally:
-        stop()
     assert result.returncode == 1
     assert "not JSON" in result.stderr and "Traceback" not in result.stderr
 
@@ -228,11 +225,8 @@ def test_server_that_is_not_websocket_exit_3():
 def test_refused_subprotocol_exit_3():
     async def handler(ws):
         await ws.wait_closed()
-    port, stop = serve_in_thread(handler, subprotocols=("some.other.protocol",))
-    try:
+    with serve_in_thread(handler, subprotocols=("some.other.protocol",)) as port:
         result = contribute(port, "login")
-    finally:
-        stop()
     assert result.returncode == 3 and "HTTP 400" in result.stderr
 
 
@@ -312,11 +306,8 @@ def test_login_response_timeout_exit_6():
     async def handler(ws):                        # reads the Login, never answers
         await ws.recv()
         await ws.wait_closed()
-    port, stop = serve_in_thread(handler)
-    try:
+    with serve_in_thread(handler) as port:
         result = contribute(port, "--connect-timeout", "0.5", "login")
-    finally:
-        stop()
     assert result.returncode == 6 and "no login response" in result.stderr
 
 

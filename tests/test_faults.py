@@ -352,11 +352,8 @@ def test_a_login_that_is_only_suspect_is_news_not_a_denial_15():
                                    "State": {"Stream": "Open", "Data": "Suspect", "Text": "DACS link flapping"}},
                                   {"ID": 1, "Type": "Ack", "AckID": the_post["PostID"]}]))
         await ws.wait_closed()
-    port, stop = serve_in_thread(suspect_ads)
-    try:
+    with serve_in_thread(suspect_ads) as port:
         result = contribute(port, "post", "--service", "NIPROV", "--ric", "UMER.TST", "--field", "BID=1")
-    finally:
-        stop()
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ACK NIPROV UMER.TST post 1\n"
     assert 'login accepted with Data Suspect: "one DACS down"' in result.stderr
@@ -375,25 +372,19 @@ def test_one_post_or_request_over_max_msg_size_is_refused_without_a_disconnect_1
 
 def test_a_redirected_upgrade_is_not_followed_17(emu):
     target = f"ws://127.0.0.1:{emu.port}/WebSocket"
-    port, stop = raw_server(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode())
-    try:
+    with raw_server(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode()) as port:
         result = contribute(port, "post", "--service", "NIPROV", "--ric", "UMER.TST", "--field", "BID=1")
         checked = contribute(port, "check")
-    finally:
-        stop()
     assert result.returncode == 3 and "redirected the WebSocket upgrade" in result.stderr
     assert target in result.stderr and checked.returncode == 3 and target in checked.stdout
     assert not emu.logged_in.is_set()
 
 
 def test_an_unanswered_upgrade_is_a_timeout_for_post_and_check_alike_17():
-    port, stop = raw_server(None)
-    try:
+    with raw_server(None) as port:
         result = contribute(port, "--connect-timeout", "0.5", "post", "--service", "NIPROV", "--ric", "X",
                             "--field", "BID=1")
         checked = contribute(port, "--connect-timeout", "0.5", "check")
-    finally:
-        stop()
     assert (result.returncode, checked.returncode) == (6, 6), result.stderr
     assert "no answer from 127.0.0.1" in result.stderr
 
@@ -508,12 +499,9 @@ def test_server_oddities_are_survived_with_a_clear_report_21():
         json.loads(await ws.recv())
         await ws.send(json.dumps([{"ID": 1, "Type": "Ack", "AckID": True}]))              # not PostID 1
         await ws.wait_closed()
-    port, stop = serve_in_thread(odd_ads)
-    try:
+    with serve_in_thread(odd_ads) as port:
         result = contribute(port, "post", "--service", "NIPROV", "--ric", "UMER.TST", "--field", "BID=1",
                             "--ack-timeout", "0.5")
-    finally:
-        stop()
     assert result.returncode == 6, result.stderr
     assert result.stdout.startswith("TIMEOUT NIPROV UMER.TST post 1")
     assert "no State: taken as accepted" in result.stderr and "MaxMsgSize 'plenty'" in result.stderr
@@ -536,11 +524,8 @@ def test_an_error_without_debug_in_a_bulk_frame_is_reported_21(tmp_path):
                     replies.append({"ID": 1, "Type": "Ack", "AckID": msg["PostID"]})
             if replies:
                 await ws.send(json.dumps(replies))
-    port, stop = serve_in_thread(ads)
-    try:
+    with serve_in_thread(ads) as port:
         result = bulk(port, "--file", str(csv_file(tmp_path, ["GOOD,1", "BAD,2", "GOOD,3"])), "--ack-timeout", "0.5")
-    finally:
-        stop()
     assert result.returncode == 6, result.stderr
     assert result.stdout.startswith("TIMEOUT NIPROV BAD post 2 line 3")
     assert "the ADS sent an Error on stream 1: \"JSON Unexpected FID. Received 'X'\"" in result.stderr
@@ -574,15 +559,12 @@ def test_requests_sent_again_after_a_reconnect_fit_max_msg_size_22():
 def test_the_reconnect_backoff_grows_until_a_connection_proves_itself_22():
     async def closes_after_login(ws):
         await accept_login(ws, {"SupportOMMPost": 1})
-    port, stop = serve_in_thread(closes_after_login)
-    try:
+    with serve_in_thread(closes_after_login) as port:
         run = Running(args_for(port, "--json", "--reconnect-min", "0.05", "--reconnect-max", "0.8", "watch",
                                "--service", "NIPROV", "--ric", "UMER.TST"), ENV, stdin=subprocess.DEVNULL)
         run.wait_line("out", lambda line: run.out.count('"reconnecting"') >= 5, TIMEOUT * 2)
         run.proc.send_signal(signal.SIGTERM)
         run.finish()
-    finally:
-        stop()
     delays = [json.loads(line)["delay"] for line in run.lines["out"] if '"reconnecting"' in line]
     assert delays[0] <= 0.05 and delays[4] >= 0.4, delays             # 0.05 doubling: 0.8 by the 5th
 

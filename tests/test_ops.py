@@ -5,6 +5,7 @@ wrong server) over a real loopback socket.
 """
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import queue
@@ -12,7 +13,7 @@ import signal
 import socket
 import subprocess
 import threading
-from typing import Callable
+from typing import ContextManager, Iterator
 
 import pytest
 
@@ -96,12 +97,9 @@ def test_get_filters_fields_itself_when_the_ads_has_no_views():
             "State": {"Stream": "NonStreaming", "Data": "Ok", "Text": "All is well"},
             "Fields": {"BID": 1.5, "ASK": 2.5, "TRDPRC_1": 2.0}}]))
         await ws.wait_closed()
-    port, stop = serve_in_thread(ads_without_views)
-    try:
+    with serve_in_thread(ads_without_views) as port:
         result = contribute(port, "get", "--service", "NIPROV", "--ric", "X.TST", "--field", "ASK",
                             "--field", "BID")
-    finally:
-        stop()
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:] == ["BID  1.5", "ASK  2.5"]
     assert "View" not in seen[0]
@@ -381,13 +379,10 @@ def check(port: int, *args: str, opts=(), host: str = "127.0.0.1", env=None) -> 
                           stdin=subprocess.DEVNULL)
 
 
-def check_server(server: tuple[int, Callable[[], None]]) -> subprocess.CompletedProcess:
-    """`check` against a test server given as (port, stop); the server is stopped after."""
-    port, stop = server
-    try:
+def check_server(server: ContextManager[int]) -> subprocess.CompletedProcess:
+    """`check` against a test server (serve_in_thread, raw_server); the server is stopped after."""
+    with server as port:
         return check(port)
-    finally:
-        stop()
 
 
 def marks(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
@@ -494,8 +489,10 @@ def test_check_a_web_server_is_not_websocket_exit_3():
     assert "not an ADS WebSocket port" in result.stdout
 
 
-def raw_server(reply: bytes | None):
-    """A TCP server on loopback that answers every connection with `reply` (None: never answers)."""
+@contextlib.contextmanager
+def raw_server(reply: bytes | None) -> Iterator[int]:
+    """A TCP server on loopback that answers every connection with `reply` (None: never answers),
+    for a with block: its port. Leaving the block closes it and every connection it holds."""
     listener = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
@@ -512,11 +509,12 @@ def raw_server(reply: bytes | None):
                 conn.close()
     threading.Thread(target=serve, daemon=True).start()
 
-    def stop():
+    try:
+        yield listener.getsockname()[1]
+    finally:
         listener.close()
         for conn in held:
             conn.close()
-    return listener.getsockname()[1], stop
 
 
 def test_check_a_server_that_does_not_speak_http_exit_3():

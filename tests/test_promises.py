@@ -153,12 +153,10 @@ def test_failed_out_gets_every_row_that_did_not_reach_the_ads(tmp_path):
 # 9 ------------------------------------------------------------------------------------------
 
 def test_check_refuses_an_upgrade_answer_with_a_wrong_sec_websocket_accept():
-    port, stop = raw_server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                            b"Sec-WebSocket-Accept: d3JvbmcgYWNjZXB0IGtleSE=\r\nSec-WebSocket-Protocol: tr_json2\r\n\r\n")
-    try:
+    reply = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Accept: d3JvbmcgYWNjZXB0IGtleSE=\r\nSec-WebSocket-Protocol: tr_json2\r\n\r\n")
+    with raw_server(reply) as port:
         result = contribute(port, "--connect-timeout", "2", "check")
-    finally:
-        stop()
     assert result.returncode == 3, result.stdout + result.stderr
     assert "FAIL  websocket" in result.stdout and "Sec-WebSocket-Accept" in result.stdout
 
@@ -207,11 +205,8 @@ def test_an_error_that_names_no_post_is_the_single_pending_posts():
         json.loads(await ws.recv())
         await ws.send(json.dumps([{"ID": 1, "Type": "Error", "Text": "JSON Unexpected FID. Received 'X'"}]))
         await ws.wait_closed()
-    port, stop = serve_in_thread(ads)
-    try:
+    with serve_in_thread(ads) as port:
         result = post(port, "--ric", "UMER.TST", "--field", "X=1", "--ack-timeout", "3")
-    finally:
-        stop()
     assert result.returncode == 5, result.stderr
     assert result.stdout == "ERROR NIPROV UMER.TST post 1 \"JSON Unexpected FID. Received 'X'\"\n"
 
@@ -229,12 +224,9 @@ def test_a_read_back_absent_or_different_is_a_mismatch_end_to_end():
                                    "State": {"Stream": "NonStreaming", "Data": "Ok", "Text": "All is well"},
                                    "Fields": {"ASK": 24.51, "GEN_TEXT16": "same"}}]))
         await ws.wait_closed()
-    port, stop = serve_in_thread(ads)
-    try:
+    with serve_in_thread(ads) as port:
         result = post(port, "--ric", "UMER.TST", "--field", "BID=22.1", "--field", "ASK=24.5",
                       "--field", "GEN_TEXT16=same", "--verify")
-    finally:
-        stop()
     assert result.returncode == 5, result.stderr
     assert result.stdout.splitlines() == ["ACK NIPROV UMER.TST post 1",
                                           "MISMATCH NIPROV UMER.TST BID posted 22.1, read (absent)",
