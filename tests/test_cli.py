@@ -118,6 +118,13 @@ def test_help_lists_exit_codes_and_commands():
         assert word in result.output
 
 
+def test_h_and_help_show_each_commands_help_before_anything_else_is_checked():
+    for args in (["-h"], ["post", "-h"], ["post", "--ric", "X", "--help"], ["check", "-h"], ["watch", "--help"]):
+        result = invoke(["--config", os.devnull, *args])
+        assert result.exit_code == 0, (args, result.output)
+        assert result.output.startswith("Usage: ") and "-h, --help" in result.output, args
+
+
 def test_config_keys_reach_get_and_watch(config):
     with Emulator(faults=Faults(hang_after_login=True)) as emu:
         path = config(f"host = 127.0.0.1\nport = {emu.port}\nservice = DIRECT_FEED\ntimeout = 0.2\n")
