@@ -3,9 +3,11 @@
 1. throughput and CPU: 100,000 Updates from a CSV file (RIC,SERVICE,BID,ASK,BIDSIZE, 1,000
    RICs created beforehand) with `contribute.py -q post --file`, next to two bare pipelined
    websocket-client scripts posting the same rows (bench/bare_bulk.py: 100 posts per frame,
-   5,000 in flight), one with the stdlib json codec, one with orjson. Runs alternate; each
-   figure is a median over --runs: posts per second of wall time from process start to exit,
-   and CPU seconds (user + system, the process's own rusage) per acknowledged post;
+   5,000 in flight), one with the stdlib json codec, one with orjson, and to the floor of our
+   own design (bench/floor_bulk.py: contribute's Connection threads under a bare main loop).
+   Runs alternate; each figure is a median over --runs: posts per second of wall time from
+   process start to exit, and CPU seconds (user + system, the process's own rusage) per
+   acknowledged post;
 2. one-shot latency: `contribute.py post` next to bench/bare_post.py (median);
 3. peak memory (VmHWM) of `contribute.py post --file -` fed 1,000,000 rows through a pipe.
 
@@ -107,7 +109,8 @@ def main() -> None:
     args = parser.parse_args()
     emulator, url, port = start_emulator()
     bare = [sys.executable, str(ROOT / "bench" / "bare_bulk.py"), url]
-    names = ("contribute.py post --file", "bare websocket-client + json", "bare websocket-client + orjson")
+    names = ("contribute.py post --file", "bare websocket-client + json", "bare websocket-client + orjson",
+             "floor: our threads, a bare loop")
     walls: dict[str, list[float]] = {name: [] for name in names}
     cpus: dict[str, list[float]] = {name: [] for name in names}
     emulator_cpu = []
@@ -120,7 +123,8 @@ def main() -> None:
                 f.writelines(csv_rows(args.rows))
             measured(ours(port, "--refresh", "--file", seed))          # the items, created once
             commands = {names[0]: ours(port, "--file", path, quiet=True), names[1]: bare + [path],
-                        names[2]: bare + [path, "--orjson"]}
+                        names[2]: bare + [path, "--orjson"],
+                        names[3]: [sys.executable, str(ROOT / "bench" / "floor_bulk.py"), url, path]}
             for _ in range(args.runs):
                 for name, cmd in commands.items():
                     before = cpu_of(emulator.pid)
