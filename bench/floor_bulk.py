@@ -16,10 +16,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import orjson  # noqa: E402
 
 import contribute  # noqa: E402
 
@@ -30,7 +31,7 @@ events = contribute.SimpleQueue()
 conn = contribute.Connection(url, events, 10.0, orjson.loads)
 
 
-def next_event(kind: type) -> object:
+def next_event(kind: type) -> Any:
     _, event = events.get(timeout=10)
     if not isinstance(event, kind):
         sys.exit(f"expected {kind.__name__}, got {event}")
