@@ -265,10 +265,11 @@ def fast_codec() -> Codec:
     before: it writes NaN as null and refuses integers beyond 64 bits, and both are refused
     when the values are typed (FieldTypes)."""
     import orjson
+    digits = _DIGITS.encode()
 
     def dumps(msg: Any) -> bytes:
         data = orjson.dumps(msg)
-        return re.sub(_DIGITS.encode(), rb"\1", data) if b"\\u0000" in data else data
+        return re.sub(digits, rb"\1", data) if b"\\u0000" in data else data
     return Codec(dumps, orjson.loads)
 
 
@@ -542,12 +543,17 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON: post the string \"{name[:3] if name != '-Infinity' else '-Inf'}\"")
 
 
+def finite(value: Any) -> bool:
+    """False for a float that is NaN or infinite (it could not be sent: not JSON)."""
+    return value.__class__ is not float or value - value == 0
+
+
 def decimal_of(text: str) -> Any:
     """A JSON decimal as the number to send: a float, or Digits when the float would not write
     back the digits given (22.10, or more digits than a float holds). ValueError for a number
     beyond the range of a float."""
     number = float(text)
-    if number - number != 0:
+    if not finite(number):
         raise ValueError(f"{text} is beyond the range of a number")
     if "e" in text or "E" in text or repr(number) == text:
         return number
@@ -556,11 +562,6 @@ def decimal_of(text: str) -> Any:
 
 # NaN and Infinity refused; decimals kept as written (Digits) where a float would drop places
 _JSON_VALUES = json.JSONDecoder(parse_constant=_no_constant, parse_float=decimal_of)
-
-
-def finite(value: Any) -> bool:
-    """False for a float that is NaN or infinite (it could not be sent: not JSON)."""
-    return value.__class__ is not float or value - value == 0
 
 
 def typed_value(raw: str) -> Any:
@@ -573,7 +574,7 @@ def typed_value(raw: str) -> Any:
     if _DECIMAL.fullmatch(raw):               # one match for both: this runs per CSV cell
         if "." in raw or "e" in raw or "E" in raw:
             number = float(raw)
-            if number - number != 0:
+            if not finite(number):
                 raise ValueError(f"{raw} is beyond the range of a number")
             return number
         number = int(raw)
