@@ -41,7 +41,7 @@ try:                                      # a Ctrl-C while Python starts us: not
     from _queue import Empty as QueueEmpty, SimpleQueue
     from collections import deque
     from enum import IntEnum
-    from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
+    from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
     import click
 except KeyboardInterrupt:
@@ -1032,7 +1032,8 @@ class Row(NamedTuple):
     service: str | None                # None: --service or the config
     refresh: bool | None               # None: --refresh decides
     fields: dict[str, Any]
-    raw: Any                           # as read: the CSV cells, or the JSON line (for --failed-out)
+    raw: Any                           # as read, for --failed-out: the CSV cells (a plain line: the
+                                       # line, cut at its commas), or the JSON line
 
 
 class BadRow(NamedTuple):
@@ -1099,12 +1100,26 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
     """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field,
     each column typed once from the header (by the dictionary, or guessed cell by cell).
 
-    The header as read is also added to header_out (for --failed-out).
+    A file is read a frame's lines at a time, a pipe's line by line (its rows go as they come).
+    Lines that are plain (plain_cells) are cut at their commas, a chunk at once; any other
+    chunk goes through csv.reader, with the same rows as the result. The header as read is
+    also added to header_out (for --failed-out).
     """
     import csv
 
-    reader = csv.reader(lines)
+    source, queued = iter(lines), deque()
     problems = lines.problems
+
+    def reader_lines() -> Iterator[str]:
+        while True:
+            while queued:
+                yield queued.popleft()
+            line = next(source, None)         # a quoted cell may go on past the chunk's lines
+            if line is None:
+                return
+            yield line
+
+    reader = csv.reader(reader_lines())
     try:
         raw_header = next(reader, [])
     except csv.Error as exc:
@@ -1139,84 +1154,131 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
             yield BadRow(1, f"header column {i + 1}: {exc}")
             return
     ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
-    typed = column_typing(columns)
-    ahead = 1 if lines.pipe else PER_FRAME   # a pipe's rows go as they come, a file's a frame at a time
-    batch: list[BadRow | tuple] = []          # in input order: bad rows, and rows whose cells to type
-    while True:
-        if len(batch) >= ahead:
-            yield from typed_rows(batch, typed)
-            batch = []
-        try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            batch.append(BadRow(reader.line_num, f"CSV: {exc}"))
+    width, typed = len(header), column_typing(columns)
+    skipped = 0                               # lines read around the reader (plain chunks)
+    while chunk := list(itertools.islice(source, 1 if lines.pipe else PER_FRAME)):
+        first = reader.line_num + skipped + 1
+        rows = plain_rows(chunk, first, width, ric_at, service_at, type_at, typed)
+        if rows is not None:
+            skipped += len(chunk)
+            yield from rows
             continue
-        while problems:
-            batch.append(BadRow(*problems.popleft()))
-        line = reader.line_num
-        if not cells:
-            continue
-        if len(cells) != len(header):
-            batch.append(BadRow(line, f"{len(cells)} cells where the header has {len(header)}"))
-            continue
-        ric = cells[ric_at].strip()
-        if not ric:
-            batch.append(BadRow(line, "no RIC"))
-            continue
-        try:
-            refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
-        except ValueError as exc:
-            batch.append(BadRow(line, str(exc)))
-            continue
-        service = cells[service_at].strip() or None if service_at is not None else None
-        batch.append((line, ric, service, refresh, cells))
-    yield from typed_rows(batch, typed)
+        queued.extend(chunk)
+        batch: list[BadRow | tuple] = []      # in input order: bad rows, and rows whose cells to type
+        while queued:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                batch.append(BadRow(reader.line_num + skipped, f"CSV: {exc}"))
+                continue
+            line = reader.line_num + skipped
+            while problems and problems[0][0] <= line:
+                batch.append(BadRow(*problems.popleft()))
+            if not cells:
+                continue
+            if len(cells) != width:
+                batch.append(BadRow(line, f"{len(cells)} cells where the header has {width}"))
+                continue
+            ric = cells[ric_at].strip()
+            if not ric:
+                batch.append(BadRow(line, "no RIC"))
+                continue
+            try:
+                refresh = parse_type(cells[type_at].strip()) if type_at is not None else None
+            except ValueError as exc:
+                batch.append(BadRow(line, str(exc)))
+                continue
+            service = cells[service_at].strip() or None if service_at is not None else None
+            batch.append((line, ric, service, refresh, cells))
+        yield from typed_rows(batch, typed)
     while problems:
         yield BadRow(*problems.popleft())
 
 
-def typed_rows(batch: list[BadRow | tuple], typed: Callable[[list[list[str]]], list]) -> Iterator[Row | BadRow]:
+def plain_rows(chunk: list[str], first: int, width: int, ric_at: int, service_at: int | None,
+               type_at: int | None, typed: Callable) -> list[Row] | None:
+    """The rows of lines first, first + 1, ... when each is plain: no quote, no CR but in a
+    CRLF, width cells, no cell over csv's field size limit, a RIC (so not empty), a valid TYPE,
+    and every cell typed. csv.reader would read them as str.split(",") does; None for any
+    other chunk (csv.reader's turn)."""
+    text = "".join(chunk)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    if '"' in text or "\r" in text:
+        return None
+    records = (text[:-1] if text[-1] == "\n" else text).split("\n")
+    count, commas = len(records), width - 1
+    if set(map(str.count, records, itertools.repeat(","))) != {commas}:
+        return None
+    cells = ",".join(records).split(",")
+    import csv
+    limit = csv.field_size_limit()
+    if len(text) > limit and max(map(len, cells)) > limit:
+        return None
+    columns = [cells[at::width] for at in range(width)]
+    rics = list(map(str.strip, columns[ric_at]))
+    if not all(rics):
+        return None
+    services = [cell.strip() or None for cell in columns[service_at]] if service_at is not None \
+        else itertools.repeat(None)
+    try:
+        refreshes = [parse_type(cell.strip()) for cell in columns[type_at]] if type_at is not None \
+            else itertools.repeat(None)
+    except ValueError:
+        return None
+    fields, problems = typed(columns, count)
+    if problems:
+        return None
+    return list(map(_new_tuple, itertools.repeat(Row), zip(
+        range(first, first + count), rics, services, refreshes, fields, records)))
+
+
+def typed_rows(batch: list[BadRow | tuple], typed: Callable) -> Iterator[Row | BadRow]:
     """A batch of csv_rows in order, each row's cells typed (a BadRow when one cannot be)."""
-    fields = iter(typed([item[4] for item in batch if item.__class__ is tuple]))
+    rows = [item[4] for item in batch if item.__class__ is tuple]
+    fields, problems = typed(list(zip(*rows)), len(rows)) if rows else ([], {})
+    n = 0
     for item in batch:
         if item.__class__ is not tuple:
             yield item
             continue
-        values, (line, ric, service, refresh, cells) = next(fields), item
-        if values.__class__ is str:
-            yield BadRow(line, values)
+        line, ric, service, refresh, cells = item
+        if n in problems:
+            yield BadRow(line, problems[n])
         else:
-            yield _new_tuple(Row, (line, ric, service, refresh, values, cells))   # Row(...), 100 ns less
+            yield _new_tuple(Row, (line, ric, service, refresh, fields[n], cells))   # Row(...), 100 ns less
+        n += 1
 
 
-def column_typing(columns: list[tuple[int, str, Callable[[str], Any]]]) -> Callable[[list[list[str]]], list]:
-    """How to type the cells of a batch of CSV rows, a column at a time: each row's fields (a
-    dict), or why it cannot be posted (str: the first bad cell's problem). A column of plain
-    numbers with no dictionary is read by orjson in one step (plain_numbers); any other column
-    cell by cell, by its converter."""
-    names = [name for _, name, _ in columns]
+def column_typing(columns: list[tuple[int, str, Callable[[str], Any]]]) -> Callable:
+    """How to type a batch of CSV rows, given by column (every column of the header), a column
+    at a time: (each row's fields, a dict; {row's index: why it cannot be posted, the first
+    bad cell's problem}). A column of plain numbers with no dictionary is read by orjson in
+    one step (plain_numbers); any other column cell by cell, by its converter."""
+    template = dict.fromkeys(name for _, name, _ in columns)
     loads = None
     if all(convert is typed_value for _, _, convert in columns):
         import orjson                         # post --file only, whose frames orjson encodes anyway
         loads = orjson.loads
 
-    def typed(rows: list[list[str]]) -> list:
-        values, problems = [], {}
-        for at, _, convert in columns:
-            cells = [row[at] for row in rows]
-            column = plain_numbers(cells, loads) if loads else None
+    def typed(cells: list[Sequence[str]], count: int) -> tuple[list[dict], dict[int, str]]:
+        fields = list(map(dict.copy, itertools.repeat(template, count)))   # in the header's order
+        problems: dict[int, str] = {}
+        for at, name, convert in columns:
+            column = plain_numbers(cells[at], loads) if loads else None
             if column is None:
                 column = []
-                for n, cell in enumerate(cells):
+                for n, cell in enumerate(cells[at]):
                     try:
                         column.append(convert(cell))
                     except ValueError as exc:
                         problems.setdefault(n, str(exc))
                         column.append(None)
-            values.append(column)
-        return [problems.get(n) or dict(zip(names, row)) for n, row in enumerate(zip(*values))]
+            for row, value in zip(fields, column):
+                row[name] = value
+        return fields, problems
     return typed
 
 
@@ -3055,7 +3117,7 @@ class FailedRows:
 
     def write(self, row: Row) -> None:
         if self.fmt == "csv":
-            self._csv().writerow(row.raw)
+            self._csv().writerow(row.raw.split(",") if row.raw.__class__ is str else row.raw)
         else:
             self.file.write(row.raw + "\n")
         self.count += 1

@@ -5,13 +5,14 @@ import gc
 import io
 import json
 import random
+import re
 
 import pytest
 
 import contribute
 from conftest import DICTIONARY
 from contribute import (STDLIB, Digits, fast_codec, started, AckBatch, BadRow, Lines, LoginNotice, csv_rows, decode,
-                        jsonl_rows, load_config, pack, parse_host)
+                        Row, typed_value, jsonl_rows, load_config, pack, parse_host)
 from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger,
                         LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
                         ProtocolViolation, ServerError, UsageProblem, build_close, build_login,
@@ -461,9 +462,59 @@ def test_shipped_config_is_valid_and_sets_the_service():
     load_config(str(contribute.find_config()), contribute.cli)
 
 
+def csv_oracle(data: bytes) -> list:
+    """What csv_rows must give for a UTF-8 CSV, worked out the plain way: csv.reader over the
+    text's lines (cut at \\n only, as Lines cuts them), each cell typed alone by typed_value."""
+    import csv
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", data.decode())
+    reader = csv.reader(lines)
+    header = [h.strip() for h in next(reader)]
+    upper = [h.upper() for h in header]
+    ric_at = upper.index("RIC")
+    service_at = upper.index("SERVICE") if "SERVICE" in upper else None
+    type_at = upper.index("TYPE") if "TYPE" in upper else None
+    rows = []
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            rows.append(BadRow(reader.line_num, f"CSV: {exc}"))
+            continue
+        line = reader.line_num
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            rows.append(BadRow(line, f"{len(cells)} cells where the header has {len(header)}"))
+            continue
+        if not cells[ric_at].strip():
+            rows.append(BadRow(line, "no RIC"))
+            continue
+        try:
+            kind = cells[type_at].strip().lower() if type_at is not None else ""
+            if kind not in ("", "refresh", "update"):
+                raise ValueError(f"type {cells[type_at].strip()!r} is not Refresh or Update")
+            fields = {name: typed_value(cell) for i, (name, cell) in enumerate(zip(header, cells))
+                      if i not in (ric_at, service_at, type_at)}
+        except ValueError as exc:
+            rows.append(BadRow(line, str(exc)))
+            continue
+        service = cells[service_at].strip() or None if service_at is not None else None
+        rows.append(("Row", line, cells[ric_at].strip(), service, kind == "refresh" if kind else None,
+                     fields, cells))
+
+
+def as_read(rows: list) -> list:
+    """csv_rows' rows in csv_oracle's terms (a plain line's raw is the line: its cells, cut)."""
+    return [("Row", r.line, r.ric, r.service, r.refresh, r.fields,
+             r.raw.split(",") if isinstance(r.raw, str) else r.raw) if isinstance(r, Row) else r
+            for r in rows]
+
+
 def test_a_file_typed_a_column_at_a_time_reads_as_a_pipe_typed_cell_by_cell():
     """Issue 12: a file's rows are typed a column at a time (a column of plain numbers in one
-    step); every cell must come out as typed_value() types it alone, as a pipe's rows are."""
+    step), a pipe's row by row; every cell must come out as typed_value() types it alone."""
     rows = [b"R%d,%d.25,%d,+%d,.5" % (i, i, i, i) for i in range(150)]
     rows[3] = b'R3,"1.5\n2.5",7,8,.5'                         # a newline inside a number-like cell
     rows[120] = b"R120," + b"9" * 400 + b".0,1,2,3"          # beyond a float, in a numeric column
@@ -473,16 +524,66 @@ def test_a_file_typed_a_column_at_a_time_reads_as_a_pipe_typed_cell_by_cell():
     rows[60] = b"R60,1.25,1,2," + b"9" * 400 + b".5"           # the only odd cell of its column
     rows[61] = b"R61,1.25,1,+99999999999999999999,.5"
     data = b"RIC,BID,BIDSIZE,ASKSIZE,ASK\n" + b"\n".join(rows) + b"\n"
-    by_column = list(csv_rows(Lines(io.BytesIO(data), False), []))
-    by_cell = list(csv_rows(Lines(io.BytesIO(data), True), []))
-    assert by_column == by_cell and len(by_column) == 150
-    assert by_column[0].fields == {"BID": 0.25, "BIDSIZE": 0, "ASKSIZE": 0, "ASK": 0.5}
-    assert by_column[3].fields["BID"] == "1.5\n2.5" and by_column[122].fields["BID"] == "١٢"
-    assert by_column[120] == BadRow(123, "9" * 400 + ".0 is beyond the range of a number")
-    assert by_column[121] == BadRow(124, "99999999999999999999 is beyond the range of a 64-bit integer")
-    assert by_column[123].fields == {"BID": None, "BIDSIZE": 1, "ASKSIZE": 5.0, "ASK": 3}
-    assert by_column[60] == BadRow(63, "9" * 400 + ".5 is beyond the range of a number")
-    assert by_column[61] == BadRow(64, "+99999999999999999999 is beyond the range of a 64-bit integer")
+    by_column = as_read(csv_rows(Lines(io.BytesIO(data), False), []))
+    by_row = as_read(csv_rows(Lines(io.BytesIO(data), True), []))
+    assert by_column == by_row == csv_oracle(data) and len(by_column) == 150
+    assert by_column[0][5] == {"BID": 0.25, "BIDSIZE": 0, "ASKSIZE": 0, "ASK": 0.5}
+    assert by_column[3][5]["BID"] == "1.5\n2.5" and by_column[122][5]["BID"] == "١٢"
+
+
+ODD_LINES = [
+    'R{i},"quoted, with a comma",1,2', 'R{i},"a ""quote""",1,2', "R{i},1,2", "R{i},1,2,3,4", "", "  ",
+    " ,NIPROV,1,2", "R{i},NIPROV,x,2", "R{i},,1,2", "R{i},NIPROV,1e999,2", "R{i}\r,NIPROV,1,2",
+    'R{i},NIPROV,"1', '2",3', "R{i},NIPROV, 1 ,2", "R{i},NIPROV,\x00,2", "R{i},N,1,99999999999999999999",
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("pipe", [False, True])
+def test_csv_rows_read_any_mix_of_plain_and_odd_lines_as_csv_reader_does(seed, pipe):
+    """Issue 12: plain chunks are cut at their commas, others go through csv.reader; whatever
+    the mix, across chunk boundaries (a quoted cell running from one chunk into the next,
+    CRLF lines, blank lines, wrong cell counts, bad TYPEs), the rows are the oracle's."""
+    rng = random.Random(seed)
+    header = rng.choice(["RIC,SERVICE,BID,ASK", "ric,Service,Type,BID", "BID,RIC,SERVICE,ASK"])
+    lines = []
+    for i in range(rng.choice([99, 100, 101, 250, 437])):
+        if rng.random() < 0.04:
+            line = rng.choice(ODD_LINES)
+        elif "Type" in header:
+            line = f"R{i},NIPROV,{rng.choice(['Refresh', 'update', '', 'Close'])},{i}.5"
+        elif header.startswith("BID"):
+            line = f"{i}.5,R{i},{rng.choice(['NIPROV', '', ' X '])},{i}"
+        else:
+            line = f"R{i},NIPROV,{i}.5,{i}"
+        lines.append(line.format(i=i) + ("\r\n" if seed % 2 else "\n"))
+    if rng.random() < 0.5:
+        lines[-1] = lines[-1].rstrip("\r\n")                    # a file's last line without a newline
+    data = (header + "\n" + "".join(lines)).encode()
+    if pipe and not data.endswith(b"\n"):
+        data += b"\n"
+    assert as_read(csv_rows(Lines(io.BytesIO(data), pipe), [])) == csv_oracle(data)
+
+
+def test_bad_lines_come_in_line_order_among_plain_rows():
+    """A line Lines refuses (not UTF-8) is reported where it is: between the rows around it,
+    so that --strict stops there and no later row goes first."""
+    rows = [b"R%d,%d" % (i, i) for i in range(1, 250)]
+    rows[150] = b"R\xe9,1"
+    rows[40] = b'R40,"4\n0"'
+    data = b"RIC,BID\n" + b"\n".join(rows) + b"\n"
+    got = list(csv_rows(Lines(io.BytesIO(data), False), []))
+    assert [r.line for r in got] == list(range(2, 42)) + list(range(43, 252))   # row 40 ends at line 43
+    assert got[150] == BadRow(153, "not UTF-8: byte 0xe9 at byte 2 of the line")
+
+
+def test_csv_cells_over_the_field_size_limit_are_refused_as_csv_reader_refuses_them():
+    import csv
+    limit = csv.field_size_limit()
+    data = b"RIC,BID\nA,1\nB," + b"x" * (limit + 1) + b"\nC," + b"y" * (limit - 10) + b"\n"
+    rows = as_read(csv_rows(Lines(io.BytesIO(data), False), []))
+    assert rows == csv_oracle(data) and rows[1] == BadRow(3, f"CSV: field larger than field limit ({limit})")
+    assert rows[2][5] == {"BID": "y" * (limit - 10)}
 
 
 def test_the_collector_is_frozen_once_not_at_every_connection():
