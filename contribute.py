@@ -208,12 +208,10 @@ def build_request(stream: int, service: str, ric: str, *, domain: str = "MarketP
 
 def build_payload(refresh: bool, domain: str, fields: dict[str, Any]) -> dict:
     """What a Post carries: an Update, or a Refresh (creates the item or replaces its field list)."""
-    message: dict[str, Any] = {"ID": 0, "Type": "Refresh" if refresh else "Update", "Domain": domain}
     if refresh:
-        message["Solicited"] = False
-        message["State"] = {"Stream": "Open", "Data": "Ok"}
-    message["Fields"] = fields
-    return message
+        return {"ID": 0, "Type": "Refresh", "Domain": domain, "Solicited": False,
+                "State": {"Stream": "Open", "Data": "Ok"}, "Fields": fields}
+    return {"ID": 0, "Type": "Update", "Domain": domain, "Fields": fields}
 
 
 def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any],
@@ -221,6 +219,10 @@ def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any],
                post_user_info: dict | None = None, stream: int = LOGIN_STREAM) -> dict:
     """A Post asking for an Ack: off-stream (on the login stream, with the item's Key) by default,
     on-stream (on an open item stream, which names the item) when stream is that stream's ID."""
+    if stream == LOGIN_STREAM and post_user_info:          # post --file's every row: one literal
+        return {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id,
+                "Key": {"Service": service, "Name": ric}, "PostUserInfo": post_user_info,
+                "Message": build_payload(refresh, domain, fields)}
     post: dict[str, Any] = {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id}
     if stream == LOGIN_STREAM:
         post["Key"] = {"Service": service, "Name": ric}
@@ -1026,6 +1028,10 @@ def describe_poster(info: dict | None) -> str:
 # ============================================================= bulk input
 # `post --file`: CSV or JSON Lines, read as a stream of Row (or BadRow) items.
 
+# NamedTuples made on the bulk hot path, once per row, are made by tuple.__new__ (a
+# NamedTuple's own __new__ is a Python call: 100 ns a row).
+_new_tuple = tuple.__new__
+
 class Row(NamedTuple):
     line: int
     ric: str
@@ -1248,7 +1254,7 @@ def typed_rows(batch: list[BadRow | tuple], typed: Callable) -> Iterator[Row | B
         if n in problems:
             yield BadRow(line, problems[n])
         else:
-            yield _new_tuple(Row, (line, ric, service, refresh, fields[n], cells))   # Row(...), 100 ns less
+            yield _new_tuple(Row, (line, ric, service, refresh, fields[n], cells))
         n += 1
 
 
@@ -1410,9 +1416,6 @@ FIELD_HINTS = {
 }
 
 
-_new_tuple = tuple.__new__
-
-
 class Pending(NamedTuple):
     service: str
     ric: str
@@ -1437,16 +1440,26 @@ class Ledger:
         self.resent = 0
         self.late = 0                           # Acks that came after their post's TIMEOUT
         self._expired: dict[int, None] = {}     # recently timed-out PostIDs (LATE_MEMORY at most)
-        self._ids = itertools.count(1)
+        self._next_id = 1
 
     def new_id(self) -> int:
-        return next(self._ids)
+        return self.new_ids(1)[0]
+
+    def new_ids(self, count: int) -> range:
+        """count PostIDs, in order, none used before in this session."""
+        first = self._next_id
+        self._next_id += count
+        return range(first, first + count)
 
     def add(self, post_id: int, service: str, ric: str, deadline: float, message: dict,
             row: "Row | None" = None) -> None:
-        # tuple.__new__: a NamedTuple's own __new__ is a Python call, 100 ns a post in bulk
         self.pending[post_id] = _new_tuple(Pending, (service, ric, deadline, message, row))
         self.unsent[post_id] = None
+
+    def add_all(self, ids: range, posts: list[Pending]) -> None:
+        """Posts made together (a frame of rows), ids from new_ids."""
+        self.pending.update(zip(ids, posts))
+        self.unsent.update(dict.fromkeys(ids))
 
     def take_unsent(self) -> list[dict]:
         """The messages of the posts not yet sent, oldest first; from now on they count as sent."""
@@ -2310,13 +2323,14 @@ class Session:
     def post_rows(self, rows: list["Row"], service: str, refresh: bool, domain: str) -> None:
         """post() for each row of a file, at once (the bulk hot path): one ack deadline for
         them all. A row's own SERVICE and TYPE, where it has them, go before service and refresh."""
-        ledger, info = self.ledger, self.user_info
-        new_id, add, deadline = ledger.new_id, ledger.add, time.monotonic() + self.ack_timeout
-        for row in rows:
-            post_id, row_service = new_id(), row.service or service
-            add(post_id, row_service, row.ric, deadline, build_post(
+        info, ids, deadline = self.user_info, self.ledger.new_ids(len(rows)), time.monotonic() + self.ack_timeout
+        posts = []
+        for post_id, row in zip(ids, rows):
+            row_service = row.service or service
+            posts.append(_new_tuple(Pending, (row_service, row.ric, deadline, build_post(   # Pending(...)
                 post_id, row_service, row.ric, row.fields, refresh if row.refresh is None else row.refresh,
-                domain, info), row)
+                domain, info), row)))
+        self.ledger.add_all(ids, posts)
 
     def flush(self) -> None:
         """Send the posts not yet sent, packed into frames under the login's MaxMsgSize, when
