@@ -594,3 +594,30 @@ def test_the_collector_is_frozen_once_not_at_every_connection():
     garbage = [[i] for i in range(1000)]
     started()
     assert gc.isenabled() and gc.get_freeze_count() == frozen and garbage
+
+
+TRICKY_CELLS = ["1", "-1", "0", "-0", "1.5", "-0.0", "1e5", "1E-5", "2.5e+3", "+1", "01", "1.", ".5", " 1", "1 ",
+                "\t1", "true", "null", "1,2", "[1]", "", "NaN", "1e999", "1e-400", "9999999999999999999",
+                "18446744073709551615", "18446744073709551616", "-9223372036854775808", "-9223372036854775809",
+                "99999999999999999999", "123456789012345678.5", "0x10", "١", "1_000"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_column_read_in_one_step_is_typed_as_typed_value_types_each_cell(seed):
+    """plain_numbers reads a whole column with orjson; when it answers, every value must be
+    what typed_value gives for the cell alone, of the same type (an int stays an int)."""
+    import orjson
+    rng = random.Random(seed)
+    cells = [rng.choice(TRICKY_CELLS[:7] * 8 + TRICKY_CELLS) for _ in range(rng.randint(1, 12))]
+    values = contribute.plain_numbers(cells, orjson.loads)
+    if values is None:
+        return
+    assert [(type(v), v) for v in values] == [(type(v), v) for v in map(typed_value, cells)]
+
+
+def test_a_column_of_plain_numbers_is_read_in_one_step_and_anything_else_is_not():
+    import orjson
+    assert contribute.plain_numbers(["1", "-2.5", "3e2", "9999999999999999999"], orjson.loads) == \
+        [1, -2.5, 300.0, 9999999999999999999]
+    for odd in ["true", " 1", "1,2", "18446744073709551616", "", "+1", "NaN"]:
+        assert contribute.plain_numbers(["1", odd], orjson.loads) is None, odd
