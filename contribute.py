@@ -26,6 +26,7 @@ import gc
 gc.disable()                              # until started(): collecting while importing only costs time
 
 try:                                      # a Ctrl-C while Python starts us: nothing was sent yet
+    import io
     import itertools
     import json
     import logging
@@ -1052,43 +1053,77 @@ class EndOfInput(NamedTuple):
 
 
 class Lines:
-    """The physical lines of an input as text, numbered from 1 (`number`, the line last read).
+    """The physical lines of an input as text, each with its newline (a file's last line may
+    have none), in order: a consumer numbers them from 1.
 
-    A line that is not UTF-8, is longer than MAX_LINE, or is cut off at the end of a pipe (no
-    newline: its producer may have died mid-line) is not passed on: an empty line stands in for
-    it and its problem waits in `problems`, so one bad line never stops the reading. A BOM (Excel's
-    "CSV UTF-8") is dropped. Memory stays bounded whatever the input: an endless line is skipped.
+    A line that is not UTF-8, is MAX_LINE bytes or longer, or is cut off at the end of a pipe
+    (no newline: its producer may have died mid-line) is not passed on: an empty line ("\\n")
+    stands in for it and its problem waits in `problems` (its number, why), so one bad line never
+    stops the reading. A BOM (Excel's "CSV UTF-8") is dropped. The input is read in blocks, a
+    pipe's as they come, each decoded at once; memory stays bounded whatever the input: an
+    endless line is skipped.
     """
+
+    BLOCK = 1 << 16
 
     def __init__(self, binary: IO[bytes], pipe: bool) -> None:
         self.binary, self.pipe = binary, pipe
-        self.number = 0
         self.problems: deque[tuple[int, str]] = deque()
 
     def __iter__(self) -> Iterator[str]:
-        readline = self.binary.readline
-        while raw := readline(MAX_LINE):
-            self.number += 1
-            if self.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if raw[-1:] != b"\n" and len(raw) >= MAX_LINE:
-                problem = self._skip_rest()
-            elif raw[-1:] != b"\n" and self.pipe:
-                problem = "incomplete last line (no newline at the end of the input): not posted"
+        read = getattr(self.binary, "read1", self.binary.read)
+        count, rest, skipping, first = 0, b"", False, True    # lines so far; the next line's start
+        while block := read(self.BLOCK):
+            if skipping:                           # the rest of a line too long to post
+                cut = block.find(b"\n") + 1
+                if not cut:
+                    continue
+                block, skipping = block[cut:], False
+            data = rest + block if rest else block
+            if first and (len(data) >= 3 or b"\n" in data):     # a line shorter than a BOM has none
+                data, first = data.removeprefix(b"\xef\xbb\xbf"), False
+            end = data.rfind(b"\n") + 1
+            rest = data[end:]
+            if end:
+                yield from self._lines(data[:end], count)
+                count += data.count(b"\n")      # none in rest
+            if len(rest) >= MAX_LINE:
+                count, rest, skipping = count + 1, b"", True
+                self.problems.append((count, self._too_long()))
+                yield "\n"
+        if rest and self.pipe:
+            self.problems.append((count + 1, "incomplete last line (no newline at the end of the input): not posted"))
+            yield "\n"
+        elif rest:                                 # a file's last line need not end in a newline
+            yield from self._lines(rest, count)
+
+    def _lines(self, data: bytes, before: int) -> Iterable[str]:
+        """The lines in data, numbered from before + 1: decoded at once, unless one of them is
+        not UTF-8 or too long."""
+        if len(data) <= MAX_LINE:                  # then no line in it is too long
+            try:
+                return io.StringIO(data.decode(), newline="\n")
+            except UnicodeDecodeError:
+                pass
+        lines, parts = [], data.split(b"\n")
+        for number, raw in enumerate(parts, before + 1):
+            newline = "\n" if number <= before + len(parts) - 1 else ""
+            if len(raw) >= MAX_LINE:
+                problem = self._too_long()
             else:
                 try:
-                    text = raw.decode()
+                    lines.append(raw.decode() + newline)
+                    continue
                 except UnicodeDecodeError as exc:
                     problem = f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line"
-                else:
-                    yield text
-                    continue
-            self.problems.append((self.number, problem))
-            yield "\n"
+            self.problems.append((number, problem))
+            lines.append("\n")
+        if lines[-1] == "":                        # data ended with a newline: no line after it
+            lines.pop()
+        return lines
 
-    def _skip_rest(self) -> str:
-        while (chunk := self.binary.readline(MAX_LINE)) and chunk[-1:] != b"\n":
-            pass
+    @staticmethod
+    def _too_long() -> str:
         return f"longer than {MAX_LINE} bytes: not posted (a post must fit the ADS's MaxMsgSize)"
 
 
@@ -1107,7 +1142,7 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
     each column typed once from the header (by the dictionary, or guessed cell by cell).
 
     A file is read a frame's lines at a time, a pipe's line by line (its rows go as they come).
-    Lines that are plain (plain_cells) are cut at their commas, a chunk at once; any other
+    Lines that are plain (plain_rows) are cut at their commas, a chunk at once; any other
     chunk goes through csv.reader, with the same rows as the result. The header as read is
     also added to header_out (for --failed-out).
     """
@@ -1131,7 +1166,7 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
     except csv.Error as exc:
         yield BadRow(reader.line_num, f"CSV header: {exc}")
         return
-    if problems:
+    if problems and problems[0][0] <= reader.line_num:
         yield BadRow(*problems.popleft())
         return
     if header_out is not None:
@@ -1308,9 +1343,8 @@ def jsonl_rows(lines: Lines, types: "FieldTypes | None" = None) -> Iterator[Row 
     """Rows of JSON Lines: {"ric": ..., "service": ..., "type": "Refresh"|"Update", "fields": {...}},
     each value checked against its field's type."""
     problems, decode_row, typed = lines.problems, _JSON_VALUES.decode, (types or FieldTypes()).json
-    for text in lines:
-        line = lines.number
-        if problems:
+    for line, text in enumerate(lines, 1):
+        if problems and problems[0][0] == line:
             yield BadRow(*problems.popleft())
             continue
         if not text.strip():

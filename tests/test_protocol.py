@@ -379,6 +379,69 @@ def test_lines_skip_an_endless_line_in_bounded_memory(monkeypatch):
     assert texts == ["\n", "A,1\n"] and problems[0][0] == 1 and "longer than 64 bytes" in problems[0][1]
 
 
+def lines_oracle(data: bytes, pipe: bool, max_line: int) -> tuple[list[str], list]:
+    """What Lines must give, worked out line by line: a line is cut at \\n only; one that is
+    max_line bytes or longer, not UTF-8, or (in a pipe) has no newline at the end becomes "\\n"
+    with its problem."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    parts = data.split(b"\n")
+    texts, problems = [], []
+    for number, raw in enumerate(parts, 1):
+        last = number == len(parts)
+        if last and not raw:
+            break
+        if len(raw) >= max_line:
+            problems.append((number, f"longer than {max_line} bytes: not posted (a post must fit the ADS's "
+                                     "MaxMsgSize)"))
+        elif last and pipe:
+            problems.append((number, "incomplete last line (no newline at the end of the input): not posted"))
+        else:
+            try:
+                texts.append(raw.decode() + ("" if last else "\n"))
+                continue
+            except UnicodeDecodeError as exc:
+                problems.append((number, f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
+                                         "of the line"))
+        texts.append("\n")
+    return texts, problems
+
+
+class Trickle(io.BytesIO):
+    """A pipe that gives a few bytes at a time."""
+
+    def read1(self, size: int = -1) -> bytes:
+        return super().read1(min(size, 3))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lines_read_in_blocks_are_the_lines_read_one_by_one(seed, monkeypatch):
+    """Issue 12: Lines reads blocks and decodes each at once; whatever the block size and
+    wherever a block ends (inside a line, a UTF-8 character, a BOM, a CRLF, a line too long),
+    the lines and their problems are the ones a line-by-line reading finds."""
+    rng = random.Random(seed)
+    max_line = rng.choice([16, 40, 1 << 20])
+    monkeypatch.setattr(contribute, "MAX_LINE", max_line)
+    monkeypatch.setattr(Lines, "BLOCK", rng.choice([1, 2, 5, 16, 64, 1 << 16]))
+    pieces = [b"A,1", b"B,2\r", "é,ü".encode(), b"\xe9,1", b"", b"x" * 15, b"y" * 16, b"z" * 100,
+              b"\xef\xbb\xbfC,3", "€".encode()[:2] + b",4"]
+    data = (b"\xef\xbb\xbf" if rng.random() < 0.3 else b"") + \
+        b"\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+    if rng.random() < 0.7:
+        data += b"\n"
+    for pipe in (False, True):
+        binary = Trickle(data) if pipe and seed % 2 else io.BytesIO(data)
+        lines = Lines(binary, pipe)
+        assert (list(lines), list(lines.problems)) == lines_oracle(data, pipe, max_line)
+
+
+def test_a_bad_json_line_is_reported_in_its_place():
+    data = b"".join(b'{"ric": "R%d", "fields": {"BID": %d}}\n' % (i, i) for i in range(1, 6))
+    data = data.replace(b'"R3"', b'"R\xe9"')
+    rows = list(jsonl_rows(Lines(io.BytesIO(data), False)))
+    assert [r.line for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[2] == BadRow(3, "not UTF-8: byte 0xe9 at byte 11 of the line") and rows[3].ric == "R4"
+
+
 def test_csv_rows_report_bad_cells_and_duplicate_columns():
     rows = list(csv_rows(Lines(io.BytesIO(b"RIC,BID\nA,1e999\nB,\xd9\xa3\nC,2\n"), False)))
     assert rows[0] == BadRow(2, "1e999 is beyond the range of a number")
