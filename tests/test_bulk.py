@@ -8,7 +8,8 @@ import threading
 
 from ads_emulator import Emulator, Faults
 from conftest import TIMEOUT, serve_in_thread
-from contribute import PostSpec, Reporter, Settings, run_bulk
+import contribute as contribute_module
+from contribute import Bulk, PostSpec, Reporter, Session, Settings, run_bulk
 from test_e2e import ENV, args_for, contribute, logins
 from test_ops import accept_login
 
@@ -319,3 +320,54 @@ def test_a_frame_of_acks_settles_its_posts_and_reports_the_strays(tmp_path):
     assert "an Ack for unknown or already ended post 999999 was ignored" in result.stderr
     assert "an Ack for unknown or already ended post 1 was ignored" in result.stderr
     assert "post 'x' was ignored" in result.stderr
+
+
+class FailingFile(io.BytesIO):
+    """A file whose reads fail with EIO after its first fail_at bytes (a disk error)."""
+
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        super().__init__(data)
+        self.fail_at = fail_at
+
+    def read1(self, size: int = -1) -> bytes:
+        if self.tell() >= self.fail_at:
+            raise OSError(5, "Input/output error")
+        return super().read1(min(size, 4096))
+
+
+def test_rows_read_before_an_input_error_are_all_posted_and_counted(emu, monkeypatch, caplog):
+    """An I/O error part-way through a file ends the reading with a one-line error naming the
+    last line taken; every row up to that line is posted and acknowledged."""
+    data = b"RIC,BID\n" + b"".join(b"UMER.TST,%d\n" % i for i in range(2000))
+    monkeypatch.setattr(contribute_module, "open_input", lambda path: (FailingFile(data, 8192), False))
+    out, err = io.StringIO(), io.StringIO()
+    code = run_bulk(Settings(f"127.0.0.1:{emu.port}", user="tester"), PostSpec("NIPROV", "", {}), False,
+                    Reporter(out, err), path="rows.csv", fmt="csv", window=150, rate=None, strict=False,
+                    failed_out=None)
+    summary = err.getvalue()
+    lines = int(summary.split("bulk: lines ")[1].split(",")[0])
+    assert code == 2 and 100 < lines < data[:8192].count(b"\n"), summary
+    assert f"posted {lines - 1}, acknowledged {lines - 1}," in summary
+    assert f"input: OSError: [Errno 5] Input/output error after line {lines}" in caplog.text
+
+
+def test_a_read_cut_short_by_an_error_keeps_the_rows_it_had(emu):
+    """Bulk.read takes up to a frame's rows; when the input fails after some of them, those
+    rows are taken and posted, and the error ends the input: none is lost."""
+    def rows():
+        for line in range(2, 32):
+            yield contribute_module.Row(line, "UMER.TST", None, None, {"BID": line}, "")
+        raise OSError(5, "Input/output error")
+
+    spec = PostSpec("NIPROV", "", {})
+    with Session(Settings(f"127.0.0.1:{emu.port}", user="tester"), Reporter(io.StringIO(), io.StringIO()),
+                 spec=spec) as session:
+        session.connect()
+        bulk = Bulk(session, spec, False, 1000, None, False, None)
+        session.on_acks = bulk.on_acks
+        assert bulk.read(rows())
+        assert (bulk.posted, bulk.last_line, bulk.ended) == (30, 31, True)
+        assert bulk.read_error == "OSError: [Errno 5] Input/output error"
+        session.flush()
+        session.drain()
+    assert session.ledger.counts == {"ack": 30}

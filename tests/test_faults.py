@@ -716,3 +716,79 @@ def test_a_bulk_run_ended_by_the_ads_still_accounts_for_every_row_read(tmp_path)
     assert {o["status"] for o in outcomes} <= {"timeout", "lost", "unsent"}
     written = failed.read_bytes().decode().splitlines()
     assert written[0] == "RIC,BID" and "NOACK.TST,1" in written and len(written) == 1 + len(outcomes)
+
+
+# ------------------------------------------------- frames sent at once or by the writer
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def upgrade(conn: socket.socket) -> None:
+    """Answer a WebSocket upgrade on a raw socket (RFC 6455 section 4.2.2), tr_json2."""
+    import base64
+    import hashlib
+    import re
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += conn.recv(4096)
+    key = re.search(rb"(?i)Sec-WebSocket-Key: *(\S+)", request).group(1)
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: tr_json2\r\n\r\n")
+
+
+def client_frames(reader, count: int) -> list[tuple[int, bytes]]:
+    """count frames from a client (masked, RFC 6455 section 5.2): (opcode, payload) each."""
+    frames = []
+    for _ in range(count):
+        first, second = reader.read(2)
+        length = second & 0x7F
+        if length >= 126:
+            length = int.from_bytes(reader.read(2 if length == 126 else 8), "big")
+        mask, data = reader.read(4), reader.read(length)
+        key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+        frames.append((first & 0x0F, (int.from_bytes(data, "big") ^ key).to_bytes(length, "big")))
+    return frames
+
+
+def test_frames_sent_at_once_or_by_the_writer_go_out_whole_and_in_order():
+    """Issue 12: Connection.send writes a frame on the caller's thread when the socket takes it
+    without waiting. A frame the socket takes only in part is finished by the writer, and the
+    frames after it wait their turn: a peer that reads late gets each frame whole, in order;
+    once the writer has caught up, frames go at once again."""
+    from contribute import Connection, Opened, SimpleQueue, _Rest
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)      # the accepted socket's too
+    release, got = threading.Event(), {}
+    sent = ["a" * 10, "b" * 2_000_000, "c" * 10, "d" * 300_000, "e" * 10, "f" * 10]
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            upgrade(conn)
+            release.wait(TIMEOUT)                # reads nothing until the frames are all sent
+            got["first"] = client_frames(reader, 5)
+            got["last"] = client_frames(reader, 1)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    events = SimpleQueue()
+    conn = Connection(f"ws://127.0.0.1:{listener.getsockname()[1]}/WebSocket", events, TIMEOUT)
+    kinds, send_now = [], conn._send_now
+    conn._send_now = lambda data: kinds.append(type(result := send_now(data))) or result
+    try:
+        conn.open()
+        assert isinstance(events.get(timeout=TIMEOUT)[1], Opened)
+        conn._ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        for text in sent[:5]:
+            conn.send(text)
+        assert kinds == [type(None), _Rest] and conn._backlog == 4   # the 2 MB frame's rest, and 3 after it
+        release.set()
+        wait_until(lambda: conn._backlog == 0, what="the writer caught up")
+        conn.send(sent[5])
+        server.join(TIMEOUT)
+        assert kinds == [type(None), _Rest, type(None)]
+        assert got["first"] + got["last"] == [(1, text.encode()) for text in sent]
+    finally:
+        conn.close()
+        listener.close()
