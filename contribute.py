@@ -2115,6 +2115,8 @@ class Session:
         """
         while True:
             timeout = None if deadline is None else min(max(0.0, deadline - time.monotonic()), MAX_SECONDS)
+            if timeout == 0 and self.events.empty():   # a poll finding nothing: no QueueEmpty raised
+                return None
             try:
                 source, event = self.events.get(timeout=timeout)
             except QueueEmpty:
