@@ -1652,8 +1652,8 @@ class Connection:
 
     A frame goes out at once, on the caller's thread, when nothing is queued before it and the
     socket takes it without waiting (a plain TCP socket: MSG_DONTWAIT); the writer then needs
-    no wake-up, which in bulk is a quarter of the client's CPU per post. What the socket does
-    not take at once, the writer sends, in order.
+    no wake-up (in bulk, 0.8 us of CPU a post, a ninth of the whole). What the socket does not
+    take at once, the writer sends, in order.
     """
 
     def __init__(self, url: str, events: "SimpleQueue[tuple[Connection | None, Event]]",
@@ -1782,10 +1782,10 @@ class Connection:
         sock = ws.sock
         if sock is None or not ws.lock.acquire(blocking=False):    # closed, or a control frame going out
             return data
-        frame = self._text_frame(data).format()             # masked, as websocket-client sends it
         try:
+            frame = self._text_frame(data).format()         # masked, as websocket-client sends it
             sent = sock.send(frame, socket.MSG_DONTWAIT)
-        except OSError:                          # the buffer is full, or the socket failed: the writer's turn
+        except Exception:                        # the buffer is full, or the socket failed: the writer's turn
             ws.lock.release()
             return data
         if sent == len(frame):
