@@ -1060,8 +1060,8 @@ class Lines:
     (no newline: its producer may have died mid-line) is not passed on: an empty line ("\\n")
     stands in for it and its problem waits in `problems` (its number, why), so one bad line never
     stops the reading. A BOM (Excel's "CSV UTF-8") is dropped. The input is read in blocks, a
-    pipe's as they come, each decoded at once; memory stays bounded whatever the input: an
-    endless line is skipped.
+    pipe's as they come, each decoded at once (blocks(): the lines of each read); memory stays
+    bounded whatever the input: an endless line is skipped.
     """
 
     BLOCK = 1 << 16
@@ -1071,6 +1071,11 @@ class Lines:
         self.problems: deque[tuple[int, str]] = deque()
 
     def __iter__(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self.blocks())
+
+    def blocks(self) -> Iterator[list[str]]:
+        """The lines, a list for each read that ends one or more (never an empty list): a pipe's
+        lines as soon as they are there."""
         read = getattr(self.binary, "read1", self.binary.read)
         count, rest, skipping, first = 0, b"", False, True    # lines so far; the next line's start
         while block := read(self.BLOCK):
@@ -1085,24 +1090,24 @@ class Lines:
             end = data.rfind(b"\n") + 1
             rest = data[end:]
             if end:
-                yield from self._lines(data[:end], count)
+                yield self._lines(data[:end], count)
                 count += data.count(b"\n")      # none in rest
             if len(rest) >= MAX_LINE:
                 count, rest, skipping = count + 1, b"", True
                 self.problems.append((count, self._too_long()))
-                yield "\n"
+                yield ["\n"]
         if rest and self.pipe:
             self.problems.append((count + 1, "incomplete last line (no newline at the end of the input): not posted"))
-            yield "\n"
+            yield ["\n"]
         elif rest:                                 # a file's last line need not end in a newline
-            yield from self._lines(rest, count)
+            yield self._lines(rest, count)
 
-    def _lines(self, data: bytes, before: int) -> Iterable[str]:
+    def _lines(self, data: bytes, before: int) -> list[str]:
         """The lines in data, numbered from before + 1: decoded at once, unless one of them is
         not UTF-8 or too long."""
         if len(data) <= MAX_LINE:                  # then no line in it is too long
             try:
-                return io.StringIO(data.decode(), newline="\n")
+                return list(io.StringIO(data.decode(), newline="\n"))
             except UnicodeDecodeError:
                 pass
         lines, parts = [], data.split(b"\n")
@@ -1141,24 +1146,33 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
     """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field,
     each column typed once from the header (by the dictionary, or guessed cell by cell).
 
-    A file is read a frame's lines at a time, a pipe's line by line (its rows go as they come).
-    Lines that are plain (plain_rows) are cut at their commas, a chunk at once; any other
-    chunk goes through csv.reader, with the same rows as the result. The header as read is
-    also added to header_out (for --failed-out).
+    Lines are taken a frame's at a time, as many as have been read (a pipe's rows go as they
+    come, never waiting for more input). Lines that are plain (plain_rows) are cut at their
+    commas, a chunk at once; any other chunk goes through csv.reader, with the same rows as
+    the result. The header as read is also added to header_out (for --failed-out).
     """
     import csv
 
-    source, queued = iter(lines), deque()
+    blocks, block, at, queued = lines.blocks(), [], 0, deque()
     problems = lines.problems
+
+    def take(count: int) -> list[str]:
+        """Up to count lines of those read; when none is left, of the next read (which may wait)."""
+        nonlocal block, at
+        if at == len(block):
+            block, at = next(blocks, []), 0
+        chunk = block[at:at + count]
+        at += len(chunk)
+        return chunk
 
     def reader_lines() -> Iterator[str]:
         while True:
             while queued:
                 yield queued.popleft()
-            line = next(source, None)         # a quoted cell may go on past the chunk's lines
-            if line is None:
+            line = take(1)                    # a quoted cell may go on past the chunk's lines
+            if not line:
                 return
-            yield line
+            yield line[0]
 
     reader = csv.reader(reader_lines())
     try:
@@ -1197,7 +1211,7 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
     ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
     width, typed = len(header), column_typing(columns)
     skipped = 0                               # lines read around the reader (plain chunks)
-    while chunk := list(itertools.islice(source, 1 if lines.pipe else PER_FRAME)):
+    while chunk := take(PER_FRAME):
         first = reader.line_num + skipped + 1
         rows = plain_rows(chunk, first, width, ric_at, service_at, type_at, typed)
         if rows is not None:

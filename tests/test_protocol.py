@@ -640,6 +640,33 @@ def test_bad_lines_come_in_line_order_among_plain_rows():
     assert got[150] == BadRow(153, "not UTF-8: byte 0xe9 at byte 2 of the line")
 
 
+def test_a_pipes_rows_come_as_their_lines_do_never_waiting_for_more():
+    """Lines are taken a frame's at a time, but only those already read: a row whose line is in
+    the pipe comes out while the producer is still writing (a feed, not a file)."""
+    import os
+    import queue
+    import threading
+    from conftest import TIMEOUT
+    read_end, write_end = os.pipe()
+    got: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        with os.fdopen(read_end, "rb") as binary:
+            for row in csv_rows(Lines(binary, True), []):
+                got.put(row)
+        got.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    with os.fdopen(write_end, "wb", buffering=0) as pipe:     # closed, whatever happens: the reader ends
+        pipe.write(b"RIC,BID\nA,1\n")
+        assert got.get(timeout=TIMEOUT)[:5] == (2, "A", None, None, {"BID": 1})
+        pipe.write(b"B,2\nC,")
+        assert got.get(timeout=TIMEOUT).ric == "B"
+        pipe.write(b"3\n")
+        assert got.get(timeout=TIMEOUT).ric == "C"
+    assert got.get(timeout=TIMEOUT) is None
+
+
 def test_csv_cells_over_the_field_size_limit_are_refused_as_csv_reader_refuses_them():
     import csv
     limit = csv.field_size_limit()
