@@ -153,6 +153,10 @@ def main() -> None:
               f"{per_post[name]:5.1f} us CPU per acked post ({per_post[name] / per_post[yardstick]:.2f}x)")
     print(f"   the emulator: {statistics.median(emulator_cpu) * 1e6:.1f} us CPU per post "
           "(target for ours: >= 0.9x the orjson script's posts/s, <= 1.5x its CPU per post)")
+    for name in (names[0], names[3]):    # the machine's noise: the ratio to the yardstick, round by round
+        rounds = sorted(ours_cpu / bare_cpu for ours_cpu, bare_cpu in zip(cpus[name], cpus[yardstick]))
+        print(f"   {name}: CPU ratio to the orjson script round by round, {rounds[0]:.2f}x to "
+              f"{rounds[-1]:.2f}x (median {statistics.median(rounds):.2f}x)")
     lo, lb = statistics.median(one_ours) * 1000, statistics.median(one_bare) * 1000
     print(f"2. one-shot post, median of {args.latency_runs}: contribute.py {lo:.1f} ms, bare {lb:.1f} ms: "
           f"{lo / lb:.2f}x (target <= 1.8x)")
