@@ -1033,6 +1033,7 @@ def describe_poster(info: dict | None) -> str:
 # NamedTuple's own __new__ is a Python call: 100 ns a row).
 _new_tuple = tuple.__new__
 
+
 class Row(NamedTuple):
     line: int
     ric: str
@@ -2995,10 +2996,10 @@ class Bulk:
 
     Every row is read against one of --window credits; a credit comes back when the row's post
     ends (a frame's Acks give theirs back at once). So rows read plus posts in flight never
-    exceed --window (and the frame's rows a file's CSV reader types ahead), and memory stays
-    flat whatever the input's size. A file is read by the
-    main thread, a frame's rows at a time (read); a pipe, whose reads may block, by a thread of
-    its own, row by row onto the session's queue (feed). Posts are sent as soon as the queue is
+    exceed --window (and the chunk of at most a frame's rows the CSV reader types ahead), and
+    memory stays flat whatever the input's size. A file is read by the main thread, a frame's
+    rows at a time (read); a pipe, whose reads may block, by a thread of its own, row by row
+    onto the session's queue (feed). Posts are sent as soon as the queue is
     momentarily empty or PER_FRAME are waiting: a slow pipe is posted row by row and a file in
     full frames. A row's ack deadline starts when the main thread takes it, so during an
     outage rows time out like posts in flight. Once stopping (Ctrl-C, SIGTERM, stdout closed,
