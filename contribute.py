@@ -1053,6 +1053,11 @@ class EndOfInput(NamedTuple):
     error: str | None                  # why reading stopped early, if it did
 
 
+# In a pipe's rows (chunk_ends=True): the rows before it are all that the input has given so
+# far, so its reader hands them over rather than wait for more.
+CHUNK_END: Any = object()
+
+
 class Lines:
     """The physical lines of an input as text, each with its newline (a file's last line may
     have none), in order: a consumer numbers them from 1.
@@ -1142,15 +1147,16 @@ def parse_type(value: Any) -> bool | None:
     raise ValueError(f"type {value!r} is not Refresh or Update")
 
 
-def csv_rows(lines: Lines, header_out: list[str] | None = None,
-             types: "FieldTypes | None" = None) -> Iterator[Row | BadRow]:
+def csv_rows(lines: Lines, header_out: list[str] | None = None, types: "FieldTypes | None" = None,
+             chunk_ends: bool = False) -> Iterator[Row | BadRow]:
     """Rows of a CSV with a header: RIC, optional SERVICE and TYPE, then one column per field,
     each column typed once from the header (by the dictionary, or guessed cell by cell).
 
     Lines are taken a frame's at a time, as many as have been read (a pipe's rows go as they
     come, never waiting for more input). Lines that are plain (plain_rows) are cut at their
     commas, a chunk at once; any other chunk goes through csv.reader, with the same rows as
-    the result. The header as read is also added to header_out (for --failed-out).
+    the result. The header as read is also added to header_out (for --failed-out). With
+    chunk_ends, each chunk's rows are followed by CHUNK_END.
     """
     import csv
 
@@ -1218,6 +1224,8 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
         if rows is not None:
             skipped += len(chunk)
             yield from rows
+            if chunk_ends:
+                yield CHUNK_END
             continue
         queued.extend(chunk)
         batch: list[BadRow | tuple] = []      # in input order: bad rows, and rows whose cells to type
@@ -1249,6 +1257,8 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None,
             service = cells[service_at].strip() or None if service_at is not None else None
             batch.append((line, ric, service, refresh, cells))
         yield from typed_rows(batch, typed)
+        if chunk_ends:
+            yield CHUNK_END
     while problems:
         yield BadRow(*problems.popleft())
 
@@ -1354,11 +1364,18 @@ def plain_numbers(cells: Sequence[str], loads: Callable[[str], Any]) -> list | N
     return values if len(values) == len(cells) else None
 
 
-def jsonl_rows(lines: Lines, types: "FieldTypes | None" = None) -> Iterator[Row | BadRow]:
+def jsonl_rows(lines: Lines, types: "FieldTypes | None" = None, chunk_ends: bool = False) -> Iterator[Row | BadRow]:
     """Rows of JSON Lines: {"ric": ..., "service": ..., "type": "Refresh"|"Update", "fields": {...}},
-    each value checked against its field's type."""
+    each value checked against its field's type. With chunk_ends, the rows of each read are
+    followed by CHUNK_END."""
     problems, decode_row, typed = lines.problems, _JSON_VALUES.decode, (types or FieldTypes()).json
-    for line, text in enumerate(lines, 1):
+    line = 0
+    for text in itertools.chain.from_iterable(block + [CHUNK_END] for block in lines.blocks()) if chunk_ends \
+            else lines:
+        if text is CHUNK_END:
+            yield CHUNK_END
+            continue
+        line += 1
         if problems and problems[0][0] == line:
             yield BadRow(*problems.popleft())
             continue
@@ -3054,25 +3071,27 @@ class Bulk:
         return not self.ended and self.reading and bool(self.credits or not self.slots.empty())
 
     def feed(self, rows: Iterator[Row | BadRow], events: Any) -> None:
-        """The reader thread of a pipe: a credit before each row is read, then the row goes on
-        the queue."""
-        end = EndOfInput(None)
+        """The reader thread of a pipe (rows with chunk_ends): a credit for each row, and the
+        rows go on the queue together, up to a frame's, as soon as the input has given no more
+        for now (CHUNK_END), or before waiting for a credit (their posts free credits)."""
+        end, batch = EndOfInput(None), []
         try:
-            rows = iter(rows)
-            while True:
+            for item in rows:
+                if item is CHUNK_END or len(batch) == PER_FRAME or not self.credits:
+                    if batch and not self.hand_over(batch, events):
+                        return
+                    batch = []
+                if item is CHUNK_END:
+                    continue
                 if not self.credits:
                     self.credits = self.slots.get()
                     if not self.reading:
                         return
                 self.credits -= 1
-                item = next(rows, None)
-                if item is None:
-                    break
-                if not self.hand_over([item], events):
-                    return
+                batch.append(item)
         except Exception as exc:            # unreadable input (an I/O error): reported, not raised
             end = EndOfInput(f"{type(exc).__name__}: {exc}")
-        self.hand_over([end], events)
+        self.hand_over(batch + [end], events)
 
     def hand_over(self, batch: list, events: Any) -> bool:
         """Rows to the main thread, unless it stopped reading (then False)."""
@@ -3290,7 +3309,7 @@ def run_bulk(settings: Settings, spec: PostSpec, refresh: bool, reporter: Report
                                    "while it is read")
             failed = FailedRows(failed_out, fmt, header)
         lines = Lines(binary, pipe)
-        rows = jsonl_rows(lines, spec.types) if fmt == "jsonl" else csv_rows(lines, header, spec.types)
+        rows = jsonl_rows(lines, spec.types, pipe) if fmt == "jsonl" else csv_rows(lines, header, spec.types, pipe)
         started = time.monotonic()
         progress = progress_bar(reporter, path)
         with Session(settings, reporter, spec=spec, recover=True, codec=fast_codec()) as session:

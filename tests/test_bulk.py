@@ -372,3 +372,32 @@ def test_a_read_cut_short_by_an_error_keeps_the_rows_it_had(emu):
         session.flush()
         session.drain()
     assert session.ledger.counts == {"ack": 30}
+
+
+def test_a_pipes_rows_go_to_the_main_thread_a_chunk_at_a_time():
+    """Bulk.feed hands a pipe's rows over together: those the input gave at once (up to
+    CHUNK_END), at most a frame's, and those it holds before it waits for a credit (their posts
+    are what frees credits); each row still takes a credit."""
+    from contribute import CHUNK_END, EndOfInput, PER_FRAME, Row, SimpleQueue
+
+    class Stub:
+        reporter = None
+
+    def rows(*lines):
+        return [Row(n, "UMER.TST", None, None, {"BID": n}, "") if n else CHUNK_END for n in lines]
+
+    bulk, events = Bulk(Stub(), PostSpec("NIPROV", "", {}), False, 4, None, False, None), SimpleQueue()
+    bulk.slots.put(2)                                        # two credits back while the feed reads
+    bulk.feed(rows(2, 3, 4, 0, 5, 6, 0), events)
+    handed = []
+    while not events.empty():
+        handed.append([getattr(item, "line", item) for item in events.get()[1]])
+    assert handed == [[2, 3, 4], [5], [6], [EndOfInput(None)]]
+    assert bulk.credits == 1                                 # 4 + 2 credits, 5 rows
+
+    bulk, events = Bulk(Stub(), PostSpec("NIPROV", "", {}), False, 1000, None, False, None), SimpleQueue()
+    bulk.feed(rows(*range(2, 252)), events)
+    sizes = []
+    while not events.empty():
+        sizes.append(len(events.get()[1]))
+    assert sizes == [PER_FRAME, PER_FRAME, 51]               # the last 50 rows and the end of input
