@@ -3015,8 +3015,8 @@ class Bulk:
     ends (a frame's Acks give theirs back at once). So rows read plus posts in flight never
     exceed --window (and the chunk of at most a frame's rows the CSV reader types ahead), and
     memory stays flat whatever the input's size. A file is read by the main thread, a frame's
-    rows at a time (read); a pipe, whose reads may block, by a thread of its own, row by row
-    onto the session's queue (feed). Posts are sent as soon as the queue is
+    rows at a time (read); a pipe, whose reads may block, by a thread of its own, onto the
+    session's queue as many rows at once as the input gave (feed). Posts are sent as soon as the queue is
     momentarily empty or PER_FRAME are waiting: a slow pipe is posted row by row and a file in
     full frames. A row's ack deadline starts when the main thread takes it, so during an
     outage rows time out like posts in flight. Once stopping (Ctrl-C, SIGTERM, stdout closed,
