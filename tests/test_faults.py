@@ -751,6 +751,7 @@ def client_frames(reader, count: int) -> list[tuple[int, bytes]]:
     return frames
 
 
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="no direct sends without MSG_DONTWAIT")
 def test_frames_sent_at_once_or_by_the_writer_go_out_whole_and_in_order():
     """Issue 12: Connection.send writes a frame on the caller's thread when the socket takes it
     without waiting. A frame the socket takes only in part is finished by the writer, and the
