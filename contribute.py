@@ -220,10 +220,6 @@ def build_post(post_id: int, service: str, ric: str, fields: dict[str, Any],
                post_user_info: dict | None = None, stream: int = LOGIN_STREAM) -> dict:
     """A Post asking for an Ack: off-stream (on the login stream, with the item's Key) by default,
     on-stream (on an open item stream, which names the item) when stream is that stream's ID."""
-    if stream == LOGIN_STREAM and post_user_info:          # post --file's every row: one literal
-        return {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id,
-                "Key": {"Service": service, "Name": ric}, "PostUserInfo": post_user_info,
-                "Message": build_payload(refresh, domain, fields)}
     post: dict[str, Any] = {"ID": stream, "Type": "Post", "Domain": domain, "Ack": True, "PostID": post_id}
     if stream == LOGIN_STREAM:
         post["Key"] = {"Service": service, "Name": ric}
@@ -1116,21 +1112,18 @@ class Lines:
                 return list(io.StringIO(data.decode(), newline="\n"))
             except UnicodeDecodeError:
                 pass
-        lines, parts = [], data.split(b"\n")
-        for number, raw in enumerate(parts, before + 1):
-            newline = "\n" if number <= before + len(parts) - 1 else ""
-            if len(raw) >= MAX_LINE:
+        lines = []
+        for number, raw in enumerate(io.BytesIO(data), before + 1):     # cut after each b"\n"
+            if len(raw) - raw.endswith(b"\n") >= MAX_LINE:
                 problem = self._too_long()
             else:
                 try:
-                    lines.append(raw.decode() + newline)
+                    lines.append(raw.decode())
                     continue
                 except UnicodeDecodeError as exc:
                     problem = f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line"
             self.problems.append((number, problem))
             lines.append("\n")
-        if lines[-1] == "":                        # data ended with a newline: no line after it
-            lines.pop()
         return lines
 
     @staticmethod
@@ -1216,11 +1209,11 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None, types: "FieldTyp
             yield BadRow(1, f"header column {i + 1}: {exc}")
             return
     ric_at, service_at, type_at = special["RIC"], special.get("SERVICE"), special.get("TYPE")
-    width, typed = len(header), column_typing(columns)
+    width, typed, limit = len(header), column_typing(columns), csv.field_size_limit()
     skipped = 0                               # lines read around the reader (plain chunks)
     while chunk := take(PER_FRAME):
         first = reader.line_num + skipped + 1
-        rows = plain_rows(chunk, first, width, ric_at, service_at, type_at, typed)
+        rows = plain_rows(chunk, first, width, ric_at, service_at, type_at, typed, limit)
         if rows is not None:
             skipped += len(chunk)
             yield from rows
@@ -1229,11 +1222,9 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None, types: "FieldTyp
             continue
         queued.extend(chunk)
         batch: list[BadRow | tuple] = []      # in input order: bad rows, and rows whose cells to type
-        while queued:
+        while queued:                         # the reader has a line to read: its next() ends
             try:
                 cells = next(reader)
-            except StopIteration:
-                break
             except csv.Error as exc:
                 batch.append(BadRow(reader.line_num + skipped, f"CSV: {exc}"))
                 continue
@@ -1264,9 +1255,9 @@ def csv_rows(lines: Lines, header_out: list[str] | None = None, types: "FieldTyp
 
 
 def plain_rows(chunk: list[str], first: int, width: int, ric_at: int, service_at: int | None,
-               type_at: int | None, typed: Callable) -> list[Row] | None:
+               type_at: int | None, typed: Callable, limit: int) -> list[Row] | None:
     """The rows of lines first, first + 1, ... when each is plain: no quote, no CR but in a
-    CRLF, width cells, no cell over csv's field size limit, a RIC (so not empty), a valid TYPE,
+    CRLF, width cells, no cell over csv's field size limit (limit), a RIC (so not empty), a valid TYPE,
     and every cell typed. csv.reader would read them as str.split(",") does; None for any
     other chunk (csv.reader's turn)."""
     text = "".join(chunk)
@@ -1279,8 +1270,6 @@ def plain_rows(chunk: list[str], first: int, width: int, ric_at: int, service_at
     if set(map(str.count, records, itertools.repeat(","))) != {commas}:
         return None
     cells = ",".join(records).split(",")
-    import csv
-    limit = csv.field_size_limit()
     if len(text) > limit and max(map(len, cells)) > limit:
         return None
     columns = [cells[at::width] for at in range(width)]
@@ -1368,44 +1357,41 @@ def jsonl_rows(lines: Lines, types: "FieldTypes | None" = None, chunk_ends: bool
     """Rows of JSON Lines: {"ric": ..., "service": ..., "type": "Refresh"|"Update", "fields": {...}},
     each value checked against its field's type. With chunk_ends, the rows of each read are
     followed by CHUNK_END."""
-    problems, decode_row, typed = lines.problems, _JSON_VALUES.decode, (types or FieldTypes()).json
-    line = 0
-    for text in itertools.chain.from_iterable(block + [CHUNK_END] for block in lines.blocks()) if chunk_ends \
-            else lines:
-        if text is CHUNK_END:
+    problems, typed, line = lines.problems, (types or FieldTypes()).json, 0
+    for block in lines.blocks():
+        for text in block:
+            line += 1
+            if problems and problems[0][0] == line:
+                yield BadRow(*problems.popleft())
+            elif text.strip():
+                yield jsonl_row(line, text, typed)
+        if chunk_ends:
             yield CHUNK_END
-            continue
-        line += 1
-        if problems and problems[0][0] == line:
-            yield BadRow(*problems.popleft())
-            continue
-        if not text.strip():
-            continue
+
+
+def jsonl_row(line: int, text: str, typed: Callable[[str, Any], Any]) -> Row | BadRow:
+    """The row of one JSON line, or why it cannot be posted."""
+    try:
+        obj = _JSON_VALUES.decode(text)
+    except ValueError as exc:
+        return BadRow(line, f"not JSON: {exc}")
+    except RecursionError:
+        return BadRow(line, "not JSON: nested too deeply")
+    if not isinstance(obj, dict):
+        return BadRow(line, "not a JSON object")
+    ric, service, fields = obj.get("ric"), obj.get("service"), obj.get("fields")
+    problem = ("no ric" if not isinstance(ric, str) or not ric else
+               "service is not a string" if service is not None and not isinstance(service, str) else
+               "fields is not an object" if not isinstance(fields, dict) else None)
+    if problem is None:
         try:
-            obj = decode_row(text)
+            refresh = parse_type(obj.get("type"))
+            fields = {name: typed(name, value) for name, value in fields.items()}
         except ValueError as exc:
-            yield BadRow(line, f"not JSON: {exc}")
-            continue
-        except RecursionError:
-            yield BadRow(line, "not JSON: nested too deeply")
-            continue
-        if not isinstance(obj, dict):
-            yield BadRow(line, "not a JSON object")
-            continue
-        ric, service, fields = obj.get("ric"), obj.get("service"), obj.get("fields")
-        problem = ("no ric" if not isinstance(ric, str) or not ric else
-                   "service is not a string" if service is not None and not isinstance(service, str) else
-                   "fields is not an object" if not isinstance(fields, dict) else None)
-        if problem is None:
-            try:
-                refresh = parse_type(obj.get("type"))
-                fields = {name: typed(name, value) for name, value in fields.items()}
-            except ValueError as exc:
-                problem = str(exc)
-        if problem:
-            yield BadRow(line, problem)
-            continue
-        yield Row(line, ric, service or None, refresh, fields, text.rstrip("\r\n"))
+            problem = str(exc)
+    if problem:
+        return BadRow(line, problem)
+    return Row(line, ric, service or None, refresh, fields, text.rstrip("\r\n"))
 
 
 def input_format(path: str, fmt: str | None) -> str:

@@ -386,9 +386,15 @@ def test_a_pipes_rows_go_to_the_main_thread_a_chunk_at_a_time():
     def rows(*lines):
         return [Row(n, "UMER.TST", None, None, {"BID": n}, "") if n else CHUNK_END for n in lines]
 
+    def feed(bulk, items, events):                          # a feed waiting for a credit fails, bounded
+        reader = threading.Thread(target=bulk.feed, args=(items, events), daemon=True)
+        reader.start()
+        reader.join(TIMEOUT)
+        assert not reader.is_alive(), "the feed waits for a credit"
+
     bulk, events = Bulk(Stub(), PostSpec("NIPROV", "", {}), False, 4, None, False, None), SimpleQueue()
     bulk.slots.put(2)                                        # two credits back while the feed reads
-    bulk.feed(rows(2, 3, 4, 0, 5, 6, 0), events)
+    feed(bulk, rows(2, 3, 4, 0, 5, 6, 0), events)
     handed = []
     while not events.empty():
         handed.append([getattr(item, "line", item) for item in events.get()[1]])
@@ -396,7 +402,7 @@ def test_a_pipes_rows_go_to_the_main_thread_a_chunk_at_a_time():
     assert bulk.credits == 1                                 # 4 + 2 credits, 5 rows
 
     bulk, events = Bulk(Stub(), PostSpec("NIPROV", "", {}), False, 1000, None, False, None), SimpleQueue()
-    bulk.feed(rows(*range(2, 252)), events)
+    feed(bulk, rows(*range(2, 252)), events)
     sizes = []
     while not events.empty():
         sizes.append(len(events.get()[1]))
