@@ -793,3 +793,79 @@ def test_frames_sent_at_once_or_by_the_writer_go_out_whole_and_in_order():
     finally:
         conn.close()
         listener.close()
+
+
+# ------------------------------------------------- frames read in blocks
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A frame from a server (unmasked, RFC 6455 section 5.2), with the length in the form its size needs."""
+    size = len(payload)
+    length = bytes([size]) if size < 126 else bytes([126]) + size.to_bytes(2, "big") if size < 65536 \
+        else bytes([127]) + size.to_bytes(8, "big")
+    return bytes([(0x80 if fin else 0) | opcode]) + length + payload
+
+
+def test_frames_read_in_blocks_come_whole_however_the_stream_is_cut():
+    """Issue 12: Connection._recv serves websocket-client's reads of a frame's parts from blocks
+    read from the socket. Cut anywhere (a byte at a time, mid-header, several frames in one
+    read), the frames come whole and in order, each block is read once and nothing is read
+    beyond need; the end of the stream raises what websocket-client's own read raises."""
+    import itertools
+    import random
+
+    import websocket
+
+    from contribute import Connection, SimpleQueue
+    payloads = [b"[]", b"x" * 200, bytes(range(256)) * 300, b"y" * 70_000, b"z"]     # every length form
+    stream = b"".join(server_frame(1, data) for data in payloads)
+    rng = random.Random(12)
+    for trial in range(60):
+        cuts = sorted({0, len(stream), *(rng.randrange(len(stream)) for _ in range(rng.choice((1, 5, 40))))})
+        if trial == 0:
+            cuts = [*range(300), len(stream)]        # a byte at a time: two frames and into the third
+        blocks = [stream[a:b] for a, b in itertools.pairwise(cuts)] + [b""]
+        conn = Connection("ws://127.0.0.1:1/WebSocket", SimpleQueue(), TIMEOUT)
+        conn._lost = websocket.WebSocketConnectionClosedException
+        conn._sock_recv = lambda size, blocks=blocks: blocks.pop(0)
+        frames = websocket._abnf.frame_buffer(conn._recv, True)
+        assert [frames.recv_frame().data for _ in payloads] == payloads, cuts
+        assert blocks == [b""], "a block was read before it was needed"
+        with pytest.raises(websocket.WebSocketConnectionClosedException, match="Connection to remote host was lost"):
+            frames.recv_frame()
+
+
+def test_a_connection_reading_in_blocks_handles_pings_fragments_and_the_close():
+    """Issue 12, over a real socket: frames that arrive together, a message in fragments with a
+    Ping between them (answered with a Pong carrying its data), a 70 kB message, then the
+    server's close: the events come in order, and the close ends the connection with its code."""
+    from contribute import AckBatch, Closed, Connection, Opened, SimpleQueue
+    listener = socket.create_server(("127.0.0.1", 0))
+    acks = [json.dumps([{"ID": 1, "Type": "Ack", "AckID": i}]).encode() for i in range(1, 6)]
+    big = json.dumps([{"ID": 1, "Type": "Ack", "AckID": 6, "Key": {"Name": "x" * 70_000}}]).encode()
+    got = {}
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            upgrade(conn)
+            conn.sendall(server_frame(1, acks[0]) + server_frame(1, acks[1]))          # two frames, one write
+            conn.sendall(server_frame(1, acks[2][:5], fin=False) + server_frame(9, b"are you there"))
+            conn.sendall(server_frame(0, acks[2][5:]) + server_frame(1, acks[3]) + server_frame(1, acks[4]))
+            conn.sendall(server_frame(1, big) + server_frame(8, (1000).to_bytes(2, "big") + b"bye"))
+            got["frames"] = client_frames(reader, 2)                # the Pong, and the close echoed
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    events = SimpleQueue()
+    conn = Connection(f"ws://127.0.0.1:{listener.getsockname()[1]}/WebSocket", events, TIMEOUT)
+    try:
+        conn.open()
+        seen = [events.get(timeout=TIMEOUT)[1] for _ in range(8)]
+        server.join(TIMEOUT)
+    finally:
+        conn.close()
+        listener.close()
+    assert isinstance(seen[0], Opened) and conn._block.endswith(b"bye")     # read by blocks, to the close
+    assert seen[1:7] == [AckBatch([i]) for i in range(1, 7)]
+    assert seen[7] == Closed(1000, "bye", None)
+    assert got["frames"][0] == (0xA, b"are you there") and got["frames"][1][0] == 8
