@@ -1467,10 +1467,15 @@ FIELD_HINTS = {
 
 
 class Pending(NamedTuple):
+    """A post awaiting its Ack: what its outcome names, and what its message is made from
+    again for a resend (the message itself lives only until it is sent)."""
     service: str
     ric: str
     deadline: float                    # set once, when the post is made: resends keep it
-    message: dict                      # the Post, as sent (again after a reconnect)
+    fields: dict[str, Any]
+    refresh: bool
+    domain: str
+    stream: int                        # the login stream (off-stream) or an open item stream
     row: "Row | None" = None           # the input row it came from (post --file)
 
 
@@ -1478,14 +1483,16 @@ class Ledger:
     """Posts awaiting an Ack, by PostID. Owned by the main thread only, so it needs no lock.
 
     A post is pending from the moment it is made until its Ack, Nak or Error, or its deadline;
-    `unsent` holds the pending posts no connection has taken yet (all of them again after a
-    reconnect). Every post's deadline is fixed when it is made, so a post that keeps failing is
-    resent only within its ack timeout, never forever.
+    `unsent` holds the messages of the pending posts no connection has taken yet (all of them
+    again after a reconnect, made again from their Pending). A message is dropped once sent:
+    keeping a window of them alive until their Acks cost about 0.5 us a post in bulk, as they
+    were freed long after they were made. Every post's deadline is fixed when it is made, so a
+    post that keeps failing is resent only within its ack timeout, never forever.
     """
 
     def __init__(self) -> None:
         self.pending: dict[int, Pending] = {}
-        self.unsent: dict[int, None] = {}       # pending posts to send, oldest first
+        self.unsent: dict[int, dict] = {}       # the messages of pending posts to send, oldest first
         self.counts: dict[str, int] = {}        # outcomes by status
         self.resent = 0
         self.late = 0                           # Acks that came after their post's TIMEOUT
@@ -1501,27 +1508,28 @@ class Ledger:
         self._next_id += count
         return range(first, first + count)
 
-    def add(self, post_id: int, service: str, ric: str, deadline: float, message: dict,
-            row: "Row | None" = None) -> None:
-        self.pending[post_id] = _new_tuple(Pending, (service, ric, deadline, message, row))
-        self.unsent[post_id] = None
+    def add(self, post_id: int, post: Pending, message: dict) -> None:
+        self.pending[post_id] = post
+        self.unsent[post_id] = message
 
-    def add_all(self, ids: range, posts: list[Pending]) -> None:
+    def add_all(self, ids: range, posts: list[Pending], messages: list[dict]) -> None:
         """Posts made together (a frame of rows), ids from new_ids."""
         self.pending.update(zip(ids, posts))
-        self.unsent.update(dict.fromkeys(ids))
+        self.unsent.update(zip(ids, messages))
 
     def take_unsent(self) -> list[dict]:
         """The messages of the posts not yet sent, oldest first; from now on they count as sent."""
-        pending = self.pending
-        messages = [pending[post_id].message for post_id in self.unsent]
+        messages = list(self.unsent.values())
         self.unsent.clear()
         return messages
 
-    def new_connection(self) -> None:
-        """A new connection: every pending post is to be sent on it, oldest first."""
-        self.resent += len(self.pending) - len(self.unsent)
-        self.unsent = dict.fromkeys(self.pending)
+    def new_connection(self, message: Callable[[int, Pending], dict]) -> None:
+        """A new connection: every pending post is to be sent on it, oldest first; the message of
+        one already sent is made again (message(post_id, post))."""
+        unsent = self.unsent
+        self.resent += len(self.pending) - len(unsent)
+        self.unsent = {post_id: unsent[post_id] if post_id in unsent else message(post_id, post)
+                       for post_id, post in self.pending.items()}
 
     def resolve(self, post_id: Any, status: str, nak_code: str | None = None,
                 text: str | None = None) -> Outcome | None:
@@ -2301,7 +2309,7 @@ class Session:
                                  f"{json.dumps(login.text)}")
         if self.spec is not None and self.user_info is None:
             self.user_info = self._post_user_info(self.spec)
-        self.ledger.new_connection()
+        self.ledger.new_connection(self.message)
         if self.connections > 1 and self.on_reconnect is not None:
             self.on_reconnect()
         self.flush()
@@ -2447,21 +2455,26 @@ class Session:
         """Make a post, pending from now with its ack deadline; flush() sends it. Off-stream
         unless stream is an open item stream. Its PostID."""
         post_id = self.ledger.new_id()
-        message = build_post(post_id, service, ric, fields, refresh, domain, self.user_info, stream)
-        self.ledger.add(post_id, service, ric, time.monotonic() + self.ack_timeout, message, row)
+        post = Pending(service, ric, time.monotonic() + self.ack_timeout, fields, refresh, domain, stream, row)
+        self.ledger.add(post_id, post, self.message(post_id, post))
         return post_id
+
+    def message(self, post_id: int, post: Pending) -> dict:
+        """The Post message of a pending post (made again, the same, for a resend)."""
+        return build_post(post_id, post.service, post.ric, post.fields, post.refresh, post.domain,
+                          self.user_info, post.stream)
 
     def post_rows(self, rows: list["Row"], service: str, refresh: bool, domain: str) -> None:
         """post() for each row of a file, at once (the bulk hot path): one ack deadline for
         them all. A row's own SERVICE and TYPE, where it has them, go before service and refresh."""
         info, ids, deadline = self.user_info, self.ledger.new_ids(len(rows)), time.monotonic() + self.ack_timeout
-        posts = []
+        posts, messages = [], []
         for post_id, row in zip(ids, rows):
-            row_service = row.service or service
-            posts.append(_new_tuple(Pending, (row_service, row.ric, deadline, build_post(   # Pending(...)
-                post_id, row_service, row.ric, row.fields, refresh if row.refresh is None else row.refresh,
-                domain, info), row)))
-        self.ledger.add_all(ids, posts)
+            row_service, row_refresh = row.service or service, refresh if row.refresh is None else row.refresh
+            posts.append(_new_tuple(Pending, (row_service, row.ric, deadline, row.fields, row_refresh,  # Pending(...)
+                                              domain, LOGIN_STREAM, row)))
+            messages.append(build_post(post_id, row_service, row.ric, row.fields, row_refresh, domain, info))
+        self.ledger.add_all(ids, posts, messages)
 
     def flush(self) -> None:
         """Send the posts not yet sent, packed into frames under the login's MaxMsgSize, when
@@ -2994,7 +3007,7 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
             if first is None:
                 pending_refresh[0] = True
             else:
-                message = session.ledger.pending[first].message
+                message = session.ledger.unsent[first]
                 message["Message"] = build_payload(True, spec.domain, message["Message"]["Fields"])
 
         if refresh:

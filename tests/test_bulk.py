@@ -6,6 +6,8 @@ import json
 import subprocess
 import threading
 
+import pytest
+
 from ads_emulator import Emulator, Faults
 from conftest import TIMEOUT, serve_in_thread
 import contribute as contribute_module
@@ -248,6 +250,27 @@ def test_bulk_run_survives_drops_and_resends():
         assert summary["posted"] == 1000 and summary["acknowledged"] == 1000 and summary["resent"] >= 1
         assert logins(emu) >= 7                      # a new login after each of the >= 6 drops
         assert emu.item("NIPROV", "UMER.TST")["BID"] == 999        # the last row won
+
+
+@pytest.mark.parametrize("kind", ["Refresh", "Update"])
+def test_a_resent_post_is_the_message_first_sent(kind):
+    """Issue 12: a post's message is dropped once sent and made again from its ledger entry for
+    a resend. Through repeated drops, every copy of a post the ADS received is the same message
+    (PostID, Key, PostUserInfo, the row's TYPE, typed fields) and every post arrived."""
+    with Emulator(faults=Faults(drop_after_posts=40)) as emu:
+        rows = "RIC,TYPE,BID,GEN_TEXT16\n" + "".join(
+            f"R{i % 7}.TST,{'Refresh' if i < 7 else kind},{i}.25,t{i}\n" for i in range(300))
+        result = bulk(emu, "-", opts=["--json", "--reconnect-min", "0.05"], stdin=rows)
+        copies: dict[int, list[dict]] = {}
+        for message in posts(emu):
+            copies.setdefault(message["PostID"], []).append(message)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert sorted(copies) == list(range(1, 301))
+    resent = [sent for sent in copies.values() if len(sent) > 1]
+    assert len(resent) >= 5 and all(again == sent[0] for sent in resent for again in sent)
+    assert {sent[0]["Message"]["Type"] for sent in resent} == {kind}
+    assert all(sent[0]["PostUserInfo"]["UserID"] > 0 for sent in resent)
+    assert copies[300][0]["Message"]["Fields"] == {"BID": 299.25, "GEN_TEXT16": "t299"}
 
 
 def test_interrupted_feed_exits_130_after_acking_what_was_read(emu):

@@ -13,7 +13,7 @@ import contribute
 from conftest import DICTIONARY
 from contribute import (STDLIB, Digits, fast_codec, started, AckBatch, BadRow, Lines, LoginNotice, csv_rows, decode,
                         Row, typed_value, jsonl_rows, load_config, pack, parse_host)
-from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger,
+from contribute import (Acked, ConfigError, Exit, ItemRefresh, ItemStatus, ItemUpdate, Ledger, Pending,
                         LoginAccepted, LoginDenied, Mismatch, Nakked, Other, PingReceived,
                         ProtocolViolation, ServerError, UsageProblem, build_close, build_login,
                         build_login_close, build_post, build_request, classify, compare_fields,
@@ -215,9 +215,14 @@ def test_walk_moves_numbers_only():
 
 # ------------------------------------------------------------------ ledger
 
+def message_of(post_id: int, post: Pending) -> dict:
+    return build_post(post_id, post.service, post.ric, post.fields, post.refresh, post.domain, None, post.stream)
+
+
 def make(ledger: Ledger, ric: str, deadline: float) -> int:
     post_id = ledger.new_id()
-    ledger.add(post_id, "S", ric, deadline, build_post(post_id, "S", ric, {"BID": 1}))
+    post = Pending("S", ric, deadline, {"BID": post_id}, post_id % 2 == 0, "MarketPrice", 1)
+    ledger.add(post_id, post, message_of(post_id, post))
     return post_id
 
 
@@ -254,10 +259,14 @@ def test_ledger_expires_in_deadline_order():
 def test_ledger_sent_unsent_and_resends_keep_ids_and_deadlines():
     ledger = Ledger()
     a, b = make(ledger, "A", 10.0), make(ledger, "B", 11.0)
-    assert [m["PostID"] for m in ledger.take_unsent()] == [a, b] and not ledger.unsent
+    sent = ledger.take_unsent()
+    assert [m["PostID"] for m in sent] == [a, b] and not ledger.unsent
     c = make(ledger, "C", 12.0)
-    ledger.new_connection()                                  # everything pending goes again
+    waiting = ledger.unsent[c]
+    ledger.new_connection(message_of)                        # everything pending goes again
     assert list(ledger.unsent) == [a, b, c] and ledger.resent == 2
+    assert list(ledger.unsent.values()) == [*sent, waiting]  # made again the same; C's as it was
+    assert ledger.unsent[c] is waiting and sent[1]["Message"]["Type"] == "Refresh"
     assert [p.deadline for p in ledger.pending.values()] == [10.0, 11.0, 12.0]
     ledger.take_unsent()
     d = make(ledger, "D", 13.0)
