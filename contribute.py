@@ -1485,7 +1485,7 @@ class Ledger:
     A post is pending from the moment it is made until its Ack, Nak or Error, or its deadline;
     `unsent` holds the messages of the pending posts no connection has taken yet (all of them
     again after a reconnect, made again from their Pending). A message is dropped once sent:
-    keeping a window of them alive until their Acks cost about 0.5 us a post in bulk, as they
+    keeping a window of them alive until their Acks cost 0.6-1.1 us a post in bulk, as they
     were freed long after they were made. Every post's deadline is fixed when it is made, so a
     post that keeps failing is resent only within its ack timeout, never forever.
     """

@@ -603,6 +603,20 @@ def test_a_file_typed_a_column_at_a_time_reads_as_a_pipe_typed_cell_by_cell():
     assert by_column[3][5]["BID"] == "1.5\n2.5" and by_column[122][5]["BID"] == "١٢"
 
 
+def test_plain_chunks_are_cut_at_their_commas_and_only_odd_ones_go_through_csv_reader():
+    """Issue 12: the oracle tests would pass with the plain path switched off (csv.reader gives
+    the same rows); here the path shows: a plain row keeps its line as raw, a csv.reader row its
+    cells. Rows come a frame's lines (PER_FRAME) at a time: a quoted cell sends its chunk alone
+    to csv.reader."""
+    lines = [f"R{i},NIPROV,{i}.5\n" for i in range(300)]
+    lines[150] = 'R150,NIPROV,"150.5"\n'
+    data = ("RIC,SERVICE,BID\n" + "".join(lines)).encode()
+    rows = list(csv_rows(Lines(io.BytesIO(data), False), []))
+    plain = [row.raw.__class__ is str for row in rows]
+    assert len(rows) == 300 and rows[150].fields == {"BID": 150.5}
+    assert all(plain[:100]) and not any(plain[100:200]) and all(plain[200:])
+
+
 ODD_LINES = [
     'R{i},"quoted, with a comma",1,2', 'R{i},"a ""quote""",1,2', "R{i},1,2", "R{i},1,2,3,4", "", "  ",
     " ,NIPROV,1,2", "R{i},NIPROV,x,2", "R{i},,1,2", "R{i},NIPROV,1e999,2", "R{i}\r,NIPROV,1,2",
