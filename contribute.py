@@ -2451,11 +2451,11 @@ class Session:
     # -- posts
 
     def post(self, service: str, ric: str, fields: dict[str, Any], refresh: bool, *,
-             domain: str = "MarketPrice", stream: int = LOGIN_STREAM, row: "Row | None" = None) -> int:
+             domain: str = "MarketPrice", stream: int = LOGIN_STREAM) -> int:
         """Make a post, pending from now with its ack deadline; flush() sends it. Off-stream
         unless stream is an open item stream. Its PostID."""
         post_id = self.ledger.new_id()
-        post = Pending(service, ric, time.monotonic() + self.ack_timeout, fields, refresh, domain, stream, row)
+        post = Pending(service, ric, time.monotonic() + self.ack_timeout, fields, refresh, domain, stream)
         self.ledger.add(post_id, post, self.message(post_id, post))
         return post_id
 
