@@ -1824,8 +1824,12 @@ class Connection:
                 data = self._send_now(data)
                 if data is None:
                     return
-            self._backlog += 1
-            self.outbound.put(data)
+            self._enqueue(data)
+
+    def _enqueue(self, data: str | bytes) -> None:
+        """Queue data for the writer, counted in the backlog until it is sent (self._lock held)."""
+        self._backlog += 1
+        self.outbound.put(data)
 
     def _send_now(self, data: str | bytes) -> str | bytes | _Rest | None:
         """Send a frame without waiting (nothing is queued before it): None when the socket took
@@ -1858,8 +1862,7 @@ class Connection:
             for text in goodbye:
                 self.send(text)
             with self._lock:
-                self._backlog += 1
-                self.outbound.put(_CLOSE)
+                self._enqueue(_CLOSE)
             self._reader.join(CLOSE_TIMEOUT)
         self._abort()
 
@@ -2464,17 +2467,19 @@ class Session:
         return build_post(post_id, post.service, post.ric, post.fields, post.refresh, post.domain,
                           self.user_info, post.stream)
 
+    def make_refresh(self, post_id: int) -> None:
+        """A pending post goes (and, after another reconnect, goes again) as a Refresh."""
+        post = self.ledger.pending[post_id]._replace(refresh=True)
+        self.ledger.add(post_id, post, self.message(post_id, post))    # in its place, oldest first
+
     def post_rows(self, rows: list["Row"], service: str, refresh: bool, domain: str) -> None:
         """post() for each row of a file, at once (the bulk hot path): one ack deadline for
         them all. A row's own SERVICE and TYPE, where it has them, go before service and refresh."""
-        info, ids, deadline = self.user_info, self.ledger.new_ids(len(rows)), time.monotonic() + self.ack_timeout
-        posts, messages = [], []
-        for post_id, row in zip(ids, rows):
-            row_service, row_refresh = row.service or service, refresh if row.refresh is None else row.refresh
-            posts.append(_new_tuple(Pending, (row_service, row.ric, deadline, row.fields, row_refresh,  # Pending(...)
-                                              domain, LOGIN_STREAM, row)))
-            messages.append(build_post(post_id, row_service, row.ric, row.fields, row_refresh, domain, info))
-        self.ledger.add_all(ids, posts, messages)
+        ids, deadline = self.ledger.new_ids(len(rows)), time.monotonic() + self.ack_timeout
+        posts = [_new_tuple(Pending, (row.service or service, row.ric, deadline, row.fields,   # Pending(...)
+                                      refresh if row.refresh is None else row.refresh, domain, LOGIN_STREAM, row))
+                 for row in rows]
+        self.ledger.add_all(ids, posts, list(map(self.message, ids, posts)))
 
     def flush(self) -> None:
         """Send the posts not yet sent, packed into frames under the login's MaxMsgSize, when
@@ -3007,8 +3012,7 @@ def run_run(settings: Settings, spec: PostSpec, reporter: Reporter, *, refresh: 
             if first is None:
                 pending_refresh[0] = True
             else:
-                message = session.ledger.unsent[first]
-                message["Message"] = build_payload(True, spec.domain, message["Message"]["Fields"])
+                session.make_refresh(first)
 
         if refresh:
             session.on_reconnect = refresh_first

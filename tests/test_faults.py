@@ -269,6 +269,21 @@ def test_run_creates_its_item_again_on_an_ads_that_restarted_10():
     assert run.lines["out"] and all(line.startswith("ACK ") for line in run.lines["out"])
 
 
+def test_run_resends_the_post_it_was_waiting_for_as_a_refresh_10():
+    """After a reconnect, run's first post is a Refresh also when it is one resent: the post the
+    ADS dropped the connection on (applied, not acknowledged) goes again as a Refresh, with its
+    PostID and fields, each time the connection drops before its Ack."""
+    with Emulator(faults=Faults(drop_after_posts=3)) as emu:
+        result = subprocess.run(args_for(emu.port, *FAST, "run", "--service", "NIPROV", "--ric", "NEW.RUN",
+                                         "--field", "BID=1.5", "--interval", "0.02", "--count", "4"),
+                                capture_output=True, text=True, env=ENV, timeout=TIMEOUT * 4, stdin=subprocess.DEVNULL)
+        posts = received(emu, "Post")
+    assert result.returncode == 0, result.stderr
+    assert [(m["PostID"], m["Message"]["Type"]) for m in posts] == \
+        [(1, "Refresh"), (2, "Update"), (3, "Update"), (3, "Refresh"), (4, "Update"), (5, "Update"), (5, "Refresh")]
+    assert all(m["Message"]["Fields"] == {"BID": 1.5} for m in posts)
+
+
 def test_strict_stops_at_a_row_with_no_service_11(emu, tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("RIC,SERVICE,BID\nUMER.TST,NIPROV,1\nUMER.TST,,2\nUMER.TST,NIPROV,3\n")

@@ -12,7 +12,7 @@ import time
 
 from ads_emulator import Emulator, Faults, Item, World
 from conftest import TIMEOUT, Running, serve_in_thread
-from contribute import AckBatch, Closed, Pending, Session, Settings, build_post
+from contribute import AckBatch, Closed, Pending, Session, Settings
 from test_e2e import ENV, args_for, contribute, logins, received
 from test_ops import accept_login, raw_server
 
@@ -171,7 +171,7 @@ def test_acks_from_an_earlier_connection_still_settle_their_posts():
     ended: list = []
     old, new = object(), object()
     post = Pending("NIPROV", "UMER.TST", time.monotonic() + 60, {}, False, "MarketPrice", 1)
-    session.ledger.add(1, post, build_post(1, "NIPROV", "UMER.TST", {}))
+    session.ledger.add(1, post, session.message(1, post))
     session.ledger.take_unsent()
     session.conn = new
     session.events.put((old, Closed(1006, "gone", None)))
