@@ -8,7 +8,8 @@
    Runs alternate; each figure is a median over --runs: posts per second of wall time from
    process start to exit, and CPU seconds (user + system, the process's own rusage) per
    acknowledged post;
-2. one-shot latency: `contribute.py post` next to bench/bare_post.py (median);
+2. one-shot latency: `contribute.py post` next to bench/bare_post.py and to the floor of the
+   project's shape, bench/floor_post.py (median);
 3. peak memory (VmHWM) of `contribute.py post --file -` fed 1,000,000 rows through a pipe.
 
 The emulator runs as a separate process on 127.0.0.1; its own CPU per post is reported too.
@@ -134,11 +135,12 @@ def main() -> None:
                     walls[name].append(elapsed)
                     cpus[name].append(cpu)
                     emulator_cpu.append((cpu_of(emulator.pid) - before) / args.rows)
-        one_ours, one_bare = [], []
+        one_ours, one_bare, one_floor = [], [], []
         post_cmd = ours(port, "--ric", "UMER.TST", "--field", "BID=22.1")
         for _ in range(args.latency_runs):
             one_ours.append(timed(post_cmd))
             one_bare.append(timed([sys.executable, str(ROOT / "bench" / "bare_post.py"), url]))
+            one_floor.append(timed([sys.executable, str(ROOT / "bench" / "floor_post.py"), url]))
         peak_mb, pipe_seconds = peak_memory_from_pipe(port, args.pipe_rows)
     finally:
         emulator.terminate()
@@ -157,9 +159,9 @@ def main() -> None:
         rounds = sorted(ours_cpu / bare_cpu for ours_cpu, bare_cpu in zip(cpus[name], cpus[yardstick]))
         print(f"   {name}: CPU ratio to the orjson script round by round, {rounds[0]:.2f}x to "
               f"{rounds[-1]:.2f}x (median {statistics.median(rounds):.2f}x)")
-    lo, lb = statistics.median(one_ours) * 1000, statistics.median(one_bare) * 1000
+    lo, lb, lf = (statistics.median(times) * 1000 for times in (one_ours, one_bare, one_floor))
     print(f"2. one-shot post, median of {args.latency_runs}: contribute.py {lo:.1f} ms, bare {lb:.1f} ms: "
-          f"{lo / lb:.2f}x (target <= 1.8x)")
+          f"{lo / lb:.2f}x (target <= 1.8x); the floor of the shape {lf:.1f} ms: {lf / lb:.2f}x")
     print(f"3. {args.pipe_rows:,} rows through a pipe: peak RSS {peak_mb:.1f} MB (target < 60 MB), "
           f"{pipe_seconds:.1f} s, {args.pipe_rows / pipe_seconds:,.0f} posts/s")
 
