@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import py_compile
+import shutil
 import signal
 import socket
 import subprocess
@@ -157,6 +159,22 @@ def test_sim_runs_the_readme_command_in_process():
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ACK NIPROV UMER.TST post 1\n"
     assert "built-in ADS emulator" in result.stderr and "not a real ADS" in result.stderr
+
+
+def test_python_m_runs_the_module_from_its_cached_bytecode(tmp_path):
+    """README's form for one-shot runs, `python -m contribute` from the project's directory: the
+    same command and output, run from the bytecode Python cached on an earlier run (compiled
+    here into a copy's __pycache__, as Python does where it may write) instead of compiling
+    the module again; -v makes Python say which file its code came from."""
+    for name in ("contribute.py", "ads_emulator.py", "config.ini"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    cached = py_compile.compile(str(tmp_path / "contribute.py"), doraise=True)
+    result = subprocess.run([sys.executable, "-v", "-m", "contribute", "--sim", "post", "--ric", "UMER.TST",
+                             "--field", "BID=22.1"], capture_output=True, text=True,
+                            timeout=TIMEOUT * 4, env=ENV, cwd=str(tmp_path), stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == "ACK NIPROV UMER.TST post 1\n"
+    assert f"code object from '{cached}'" in result.stderr
 
 
 # ---------------------------------------------------------------- exit 1
