@@ -716,16 +716,23 @@ TRICKY_CELLS = ["1", "-1", "0", "-0", "1.5", "-0.0", "1e5", "1E-5", "2.5e+3", "+
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_a_column_read_in_one_step_is_typed_as_typed_value_types_each_cell(seed):
-    """plain_numbers reads a whole column with orjson; when it answers, every value must be
-    what typed_value gives for the cell alone, of the same type (an int stays an int)."""
-    import orjson
+def test_a_column_is_typed_as_typed_value_types_each_cell(seed):
+    """column_typing reads a column of plain numbers with orjson in one step (plain_numbers) and
+    any other column cell by cell: either way, each value is what typed_value gives for the
+    cell alone, of the same type (an int stays an int), and a cell typed_value refuses is its
+    row's problem."""
     rng = random.Random(seed)
     cells = [rng.choice(TRICKY_CELLS[:7] * 8 + TRICKY_CELLS) for _ in range(rng.randint(1, 12))]
-    values = contribute.plain_numbers(cells, orjson.loads)
-    if values is None:
-        return
-    assert [(type(v), v) for v in values] == [(type(v), v) for v in map(typed_value, cells)]
+    fields, problems = contribute.column_typing([(0, "F", typed_value)])([cells], len(cells))
+    expected, refused = [], {}
+    for n, cell in enumerate(cells):
+        try:
+            expected.append(typed_value(cell))
+        except ValueError as exc:
+            expected.append(None)
+            refused[n] = str(exc)
+    assert [(type(row["F"]), row["F"]) for row in fields] == [(type(v), v) for v in expected]
+    assert problems == refused
 
 
 def test_a_column_of_plain_numbers_is_read_in_one_step_and_anything_else_is_not():
