@@ -78,9 +78,9 @@ MAX_LINE = 1 << 20               # bytes: a longer input line could never fit in
 LATE_MEMORY = 65536              # timed-out PostIDs remembered, to recognise their late Acks
 BULK_GC_THRESHOLD = 50_000       # new containers between collector passes in a bulk run (Python's: 700)
 PONG_TEXT = '{"Type":"Pong"}'
-SIGNAL_NAMES = {SIGINT: "SIGINT", SIGTERM: "SIGTERM"}   # the signals that interrupt a command
 PING_TEXT = '{"Type":"Ping"}'
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"     # RFC 6455: Sec-WebSocket-Accept
+SIGNAL_NAMES = {SIGINT: "SIGINT", SIGTERM: "SIGTERM"}   # the signals that interrupt a command
 
 
 class Exit(IntEnum):
