@@ -3072,7 +3072,8 @@ class Bulk:
         self.stopped = False                # --strict met a bad row
         self.read_error: str | None = None
         self.last_line = 0                  # the last input line taken
-        self.invalid = self.unsent = self.posted = 0
+        self.invalid = self.unsent = 0
+        self.posted = 0                     # posts sent: made, less those stopped before their frame went
         self.nak_codes: dict[str, int] = {}
 
     # -- rows in
@@ -3232,6 +3233,8 @@ class Bulk:
             self.slots.put(1)
         if outcome.status == "ack":
             return
+        if outcome.status == "unsent":           # made, but never sent: not posted after all
+            self.posted -= 1
         if outcome.nak_code:
             self.nak_codes[outcome.nak_code] = self.nak_codes.get(outcome.nak_code, 0) + 1
         self.reporter.outcome(outcome)

@@ -12,7 +12,7 @@ from ads_emulator import Emulator, Faults
 from conftest import TIMEOUT, serve_in_thread
 import contribute as contribute_module
 from contribute import Bulk, PostSpec, Reporter, Session, Settings, run_bulk
-from test_e2e import ENV, args_for, contribute, logins
+from test_e2e import ENV, args_for, contribute, logins, received
 from test_ops import accept_login
 
 
@@ -395,6 +395,31 @@ def test_a_read_cut_short_by_an_error_keeps_the_rows_it_had(emu):
         session.flush()
         session.drain()
     assert session.ledger.counts == {"ack": 30}
+
+
+def test_a_post_stopped_before_its_frame_went_counts_as_unsent_not_posted(emu):
+    """Rows made into posts wait for a frame (less than PER_FRAME here); an interrupt then ends
+    them UNSENT, and the summary counts each row once: not posted, unsent (a SIGTERM at that
+    moment once gave "posted 101" with 100 posts on the wire and the 101st also unsent)."""
+    from contribute import Interrupted, Row, bulk_summary
+
+    spec = PostSpec("NIPROV", "", {})
+    out, err = io.StringIO(), io.StringIO()
+    reporter = Reporter(out, err)
+    with Session(Settings(f"127.0.0.1:{emu.port}", user="tester"), reporter, spec=spec) as session:
+        session.connect()
+        bulk = Bulk(session, spec, False, 1000, None, False, None)
+        session.outcome, session.on_acks = bulk.on_outcome, bulk.on_acks
+        bulk.post([Row(line, "UMER.TST", None, None, {"BID": line}, "") for line in (2, 3, 4)])
+        session.events.put((None, Interrupted("SIGTERM")))
+        session.wait(None)
+        assert session.stopping
+        session.drain()
+    bulk_summary(bulk, reporter, 1.0, None)
+    assert not received(emu, "Post")
+    assert session.ledger.counts == {"unsent": 3}
+    assert "bulk: lines 0, posted 0, acknowledged 0," in err.getvalue() and ", unsent 3," in err.getvalue()
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["UNSENT"] * 3
 
 
 def test_a_pipes_rows_go_to_the_main_thread_a_chunk_at_a_time():

@@ -639,6 +639,7 @@ def test_an_interrupted_rate_limited_run_accounts_for_every_row_24(tmp_path):
     assert summary["acknowledged"] == len(posted) == summary["posted"]     # every post sent was awaited
     assert summary["acknowledged"] + len(outcomes) == 5050                 # every other row reported
     assert {o["status"] for o in outcomes} == {"unsent"} and summary["unsent"] == len(outcomes)
+    assert summary["posted"] + summary["unsent"] == 5050                   # each row counted once
     assert len(failed.read_bytes().decode().splitlines()) == 1 + len(outcomes)       # and can be posted again
 
 
