@@ -21,11 +21,28 @@ Exit codes:
     6    timed out: no answer to the connection, the login, an ack or a request
     130  interrupted (Ctrl-C, SIGTERM, stdout closed) before every post was acknowledged
 """
-import gc
+try:                                      # a Ctrl-C while Python compiled us: nothing was sent yet
+    import gc
 
-gc.disable()                              # until started(): collecting while importing only costs time
+    gc.disable()                          # until started(): collecting while importing only costs time
+    from _signal import SIGINT, SIGTERM, signal as set_handler    # signal.py's enums: 0.7 ms a run
 
-try:                                      # a Ctrl-C while Python starts us: nothing was sent yet
+    # Run as a script, SIGINT and SIGTERM only note themselves until a command's handlers take
+    # over (Group.run then ends the command as interrupted, 130, before anything is sent) and
+    # again once the command has ended (its exit status stands). Without this, a SIGTERM during
+    # start-up killed us without a word, a SIGINT while the module's body ran gave a traceback,
+    # and either, as Python shut down after a command, could change its status. Signals are the
+    # process's, so their note is too. One while Python compiles this file, before any line of
+    # it runs, still ends it (SIGINT: 130, by the except below; SIGTERM: killed).
+    INTERRUPTS_NOTED: list[int] = []
+
+    def note_interrupt(signum: int, frame: object) -> None:
+        INTERRUPTS_NOTED.append(signum)
+
+    if __name__ == "__main__":
+        set_handler(SIGINT, note_interrupt)
+        set_handler(SIGTERM, note_interrupt)
+
     import io
     import itertools
     import json
@@ -39,8 +56,6 @@ try:                                      # a Ctrl-C while Python starts us: not
     # queue.py's SimpleQueue and Empty are these; queue.py itself (and the heapq it imports
     # for queues this tool does not use) would add 0.8 ms to every run.
     from _queue import Empty as QueueEmpty, SimpleQueue
-    # The same for signal.py, which wraps _signal's numbers in enums (0.7 ms a run).
-    from _signal import SIGINT, SIGTERM, signal as set_handler
     from collections import deque
     from enum import IntEnum
     from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -260,12 +275,32 @@ def _stdlib_dumps(msg: Any) -> bytes:
 STDLIB = Codec(_stdlib_dumps, json.loads)
 
 
+def import_orjson() -> Any:
+    """orjson, imported with SIGINT and SIGTERM held back, then delivered as they came. orjson's
+    module takes the imports it makes as it starts (dataclasses, datetime, uuid) to succeed and
+    crashes the process when one fails (ijl/orjson#310): a KeyboardInterrupt raised in one did
+    that here, a SIGSEGV in 3 of 200 bulk runs sent SIGTERM about 0.1 s after their start."""
+    if "orjson" in sys.modules or threading.current_thread() is not threading.main_thread():
+        import orjson
+        return orjson
+    held: list[int] = []
+    saved = {sig: set_handler(sig, lambda signum, frame: held.append(signum)) for sig in SIGNAL_NAMES}
+    try:
+        import orjson
+    finally:
+        for sig, handler in saved.items():
+            set_handler(sig, handler)
+        for signum in held:
+            os.kill(os.getpid(), signum)
+    return orjson
+
+
 def fast_codec() -> Codec:
     """orjson, for the commands that send many frames (post --file, run, watch): it encodes a
     frame of posts about ten times faster than json. What it does differently is kept out
     before: it writes NaN as null and refuses integers beyond 64 bits, and both are refused
     when the values are typed (FieldTypes)."""
-    import orjson
+    orjson = import_orjson()
     digits = _DIGITS.encode()
 
     def dumps(msg: Any) -> bytes:
@@ -1317,8 +1352,7 @@ def column_typing(columns: list[tuple[int, str, Callable[[str], Any]]]) -> Calla
     template = dict.fromkeys(name for _, name, _ in columns)
     loads = None
     if all(convert is typed_value for _, _, convert in columns):
-        import orjson                         # post --file only, whose frames orjson encodes anyway
-        loads = orjson.loads
+        loads = import_orjson().loads         # post --file only, whose frames orjson encodes anyway
 
     def typed(cells: list[Sequence[str]], count: int) -> tuple[list[dict], dict[int, str]]:
         fields = list(map(dict.copy, itertools.repeat(template, count)))   # in the header's order
@@ -3942,6 +3976,8 @@ class Group(OwnHelp, click.Group):
     def run(self, args: Any, prog_name: str | None, complete_var: str | None, **extra: Any) -> int:
         restore = catch_start_signals()
         try:
+            if INTERRUPTS_NOTED:                 # while Python started us (run as a script)
+                raise KeyboardInterrupt
             if sys.stderr is None:               # closed: diagnostics have nowhere to go
                 sys.stderr = open(os.devnull, "w")
             if sys.stdout is None:
@@ -4092,6 +4128,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 def start_sim(ctx: click.Context, settings: Settings) -> Settings:
     """Start the emulator in-process on a free loopback port; stopped when the command ends."""
+    import_orjson()                       # before the emulator's own import of it (see import_orjson)
     import ads_emulator
 
     obj = ctx.obj
