@@ -353,63 +353,6 @@ def test_interrupted_run_with_every_post_acked_exits_0(emu, sig):
     assert len(acked) >= 3 and all(line.startswith("ACK ") for line in acked)
 
 
-# contribute.py run as a script (runpy, as `python contribute.py` runs it), with a signal sent to
-# itself at a chosen moment: as it imports a module (an audit hook: "import:click"), or once it
-# has ended and Python exits ("exit": an atexit function, run after the command's handlers).
-SIGNAL_AT = """\
-import atexit, os, runpy, sys
-moment, signum, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-def on_import(event, args):
-    if event == "import" and moment == "import:" + args[0]:
-        os.kill(os.getpid(), signum)
-sys.addaudithook(on_import)
-if moment == "exit":
-    atexit.register(os.kill, os.getpid(), signum)
-sys.argv = sys.argv[3:]
-runpy.run_path(script, run_name="__main__")
-"""
-
-
-def signalled(moment: str, sig: signal.Signals, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", SIGNAL_AT, moment, str(int(sig)), *args[1:]], capture_output=True,
-                          text=True, timeout=TIMEOUT * 4, env=ENV, stdin=subprocess.DEVNULL)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_while_python_starts_us_ends_the_command_as_interrupted(emu, sig):
-    """Before the command's handlers: 130 and one line, nothing sent (a SIGTERM killed the
-    process without a word, a SIGINT after the imports gave a traceback)."""
-    result = signalled("import:click", sig, *args_for(emu.port, "post", "--service", "NIPROV", "--ric", "UMER.TST",
-                                                      "--field", "BID=1"))
-    assert result.returncode == 130, result.stderr
-    assert result.stderr == "contribute: interrupted\n" and result.stdout == ""
-    assert not received(emu, "Login")
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_once_the_command_has_ended_leaves_its_status(emu, sig):
-    """As Python exits after the command: the status stands (a SIGTERM made it a kill, a SIGINT
-    a traceback)."""
-    result = signalled("exit", sig, *args_for(emu.port, "post", "--service", "NIPROV", "--ric", "UMER.TST",
-                                              "--field", "BID=1"))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ACK NIPROV UMER.TST post 1\n" and result.stderr == ""
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_while_orjson_starts_is_held_until_it_has_started(emu, tmp_path, sig):
-    """orjson crashes the process when an import it makes as it starts fails (ijl/orjson#310),
-    and a KeyboardInterrupt in one did (SIGSEGV): the interrupt now waits until orjson is in,
-    then ends the command as interrupted, before anything is sent."""
-    path = tmp_path / "rows.csv"
-    path.write_text("RIC,BID\nUMER.TST,1\n")
-    result = signalled("import:dataclasses", sig, *args_for(emu.port, "post", "--service", "NIPROV",
-                                                            "--file", str(path)))
-    assert result.returncode == 130, result.stderr
-    assert result.stderr == "contribute: interrupted\n" and result.stdout == ""
-    assert not received(emu, "Login")
-
-
 def test_interrupted_run_with_an_unacked_post_exits_130():
     with Emulator(faults=Faults(no_ack_rics=["UMER.TST"])) as emu:
         proc = start_run(emu, "--no-refresh", "--ack-timeout", "0.5")
