@@ -25,15 +25,16 @@ try:                                      # a Ctrl-C while Python compiled us: n
     import gc
 
     gc.disable()                          # until started(): collecting while importing only costs time
-    from _signal import SIGINT, SIGTERM, signal as set_handler    # signal.py's enums: 0.7 ms a run
+    from _signal import SIG_IGN, SIGINT, SIGTERM, signal as set_handler    # signal.py's enums: 0.7 ms a run
 
     # Run as a script, SIGINT and SIGTERM only note themselves until a command's handlers take
     # over (Group.run then ends the command as interrupted, 130, before anything is sent) and
-    # again once the command has ended (its exit status stands). Without this, a SIGTERM during
-    # start-up killed us without a word, a SIGINT while the module's body ran gave a traceback,
-    # and either, as Python shut down after a command, could change its status. Signals are the
-    # process's, so their note is too. One while Python compiles this file, before any line of
-    # it runs, still ends it (SIGINT: 130, by the except below; SIGTERM: killed).
+    # again once the command has ended, until the end below ignores them (the exit status
+    # stands). Without this, a SIGTERM during start-up killed us without a word, a SIGINT while
+    # the module's body ran gave a traceback, and either, as Python shut down after a command,
+    # could change its status. Signals are the process's, so their note is too. One while Python
+    # compiles this file, before any line of it runs, still ends it: a SIGTERM kills it, a SIGINT
+    # is Python's KeyboardInterrupt.
     INTERRUPTS_NOTED: list[int] = []
 
     def note_interrupt(signum: int, frame: object) -> None:
@@ -4345,4 +4346,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Decided: an interrupt from now on is ignored. (Python puts the default action back on
+    # signals it handles as it shuts down, which would kill us; an ignored one it leaves alone.)
+    set_handler(SIGINT, SIG_IGN)
+    set_handler(SIGTERM, SIG_IGN)
+    sys.exit(status)

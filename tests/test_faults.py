@@ -901,16 +901,22 @@ def test_a_connection_reading_in_blocks_handles_pings_fragments_and_the_close():
 
 # contribute.py run as a script (runpy, as `python contribute.py` runs it), with a signal sent to
 # itself at a chosen moment: as it imports a module (an audit hook: "import:click"), or once it
-# has ended and Python exits ("exit": an atexit function, run after the command's handlers).
+# has ended, as Python exits: "exit" (an atexit function) or "teardown" (an object freed when
+# Python empties sys.modules, after it has put back the default action of the signals it handles).
 SIGNAL_AT = """\
 import atexit, os, runpy, sys
 moment, signum, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def on_import(event, args):
     if event == "import" and moment == "import:" + args[0]:
         os.kill(os.getpid(), signum)
+class Teardown:
+    def __del__(self, kill=os.kill, pid=os.getpid()):
+        kill(pid, signum)
 sys.addaudithook(on_import)
 if moment == "exit":
     atexit.register(os.kill, os.getpid(), signum)
+if moment == "teardown":
+    sys.modules["teardown"] = Teardown()
 sys.argv = sys.argv[3:]
 runpy.run_path(script, run_name="__main__")
 """
@@ -932,11 +938,12 @@ def test_an_interrupt_while_python_starts_us_ends_the_command_as_interrupted(emu
     assert not received(emu, "Login")
 
 
+@pytest.mark.parametrize("moment", ["exit", "teardown"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_once_the_command_has_ended_leaves_its_status(emu, sig):
+def test_an_interrupt_once_the_command_has_ended_leaves_its_status(emu, sig, moment):
     """As Python exits after the command: the status stands (a SIGTERM made it a kill, a SIGINT
-    a traceback)."""
-    result = signalled("exit", sig, *args_for(emu.port, "post", "--service", "NIPROV", "--ric", "UMER.TST",
+    a traceback or a kill)."""
+    result = signalled(moment, sig, *args_for(emu.port, "post", "--service", "NIPROV", "--ric", "UMER.TST",
                                               "--field", "BID=1"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ACK NIPROV UMER.TST post 1\n" and result.stderr == ""
