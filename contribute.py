@@ -21,7 +21,7 @@ Exit codes:
     6    timed out: no answer to the connection, the login, an ack or a request
     130  interrupted (Ctrl-C, SIGTERM, stdout closed) before every post was acknowledged
 """
-try:                                      # a Ctrl-C while Python compiled us: nothing was sent yet
+try:                                      # a Ctrl-C before the handlers below are set: nothing was sent yet
     import gc
 
     gc.disable()                          # until started(): collecting while importing only costs time
