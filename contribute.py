@@ -78,6 +78,19 @@ def started() -> None:
         gc.freeze()
         gc.enable()
 
+
+def handle_interrupts(handler: Any) -> Callable[[], None]:
+    """SIGINT and SIGTERM go to handler (a function, or SIG_IGN) from now on; returns what puts
+    back the handlers they had. Only the main thread may set them: on another, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    saved = [(sig, set_handler(sig, handler)) for sig in (SIGINT, SIGTERM)]
+
+    def restore() -> None:
+        for sig, old in saved:
+            set_handler(sig, old)
+    return restore
+
 # ================================================================ constants
 
 SUBPROTOCOL = "tr_json2"
@@ -96,7 +109,7 @@ BULK_GC_THRESHOLD = 50_000       # new containers between collector passes in a 
 PONG_TEXT = '{"Type":"Pong"}'
 PING_TEXT = '{"Type":"Ping"}'
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"     # RFC 6455: Sec-WebSocket-Accept
-SIGNAL_NAMES = {SIGINT: "SIGINT", SIGTERM: "SIGTERM"}   # the signals that interrupt a command
+SIGNAL_NAMES = {SIGINT: "SIGINT", SIGTERM: "SIGTERM"}   # the names of the signals that interrupt a command
 
 
 class Exit(IntEnum):
@@ -281,16 +294,15 @@ def import_orjson() -> Any:
     module takes the imports it makes as it starts (dataclasses, datetime, uuid) to succeed and
     crashes the process when one fails (ijl/orjson#310): a KeyboardInterrupt raised in one did
     that here, a SIGSEGV in 3 of 200 bulk runs sent SIGTERM about 0.1 s after their start."""
-    if "orjson" in sys.modules or threading.current_thread() is not threading.main_thread():
+    if "orjson" in sys.modules:
         import orjson
         return orjson
     held: list[int] = []
-    saved = {sig: set_handler(sig, lambda signum, frame: held.append(signum)) for sig in SIGNAL_NAMES}
+    restore = handle_interrupts(lambda signum, frame: held.append(signum))
     try:
         import orjson
     finally:
-        for sig, handler in saved.items():
-            set_handler(sig, handler)
+        restore()
         for signum in held:
             os.kill(os.getpid(), signum)
     return orjson
@@ -2148,10 +2160,10 @@ class Session:
         self._attempt = 0
         self._pinged_at = 0.0
         self._rng: Any = None
-        self._saved_handlers: dict[int, Any] = {}
+        self._restore_handlers: Callable[[], None] = lambda: None    # the signals' handlers before ours
 
     def __enter__(self) -> "Session":
-        self._catch_signals()
+        self._restore_handlers = handle_interrupts(self._on_signal)
         self.reporter.on_broken = lambda: self.events.put((None, Interrupted("stdout closed")))
         return self
 
@@ -2162,7 +2174,7 @@ class Session:
         finally:
             self._fail_all("not acknowledged before the session ended")
             self.reporter.on_broken = None
-            self._restore_signals()
+            self._restore_handlers()
 
     @property
     def stopping(self) -> bool:
@@ -2184,20 +2196,10 @@ class Session:
         for outcome in self.ledger.fail_all(text):
             self.outcome(outcome)
 
-    # Signals: SIGINT and SIGTERM become an Interrupted event on the queue the
-    # main thread waits on, so it wakes at once, whatever it was waiting for.
-    def _catch_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            self.events.put((None, Interrupted(SIGNAL_NAMES[signum])))
-        for sig in SIGNAL_NAMES:
-            self._saved_handlers[sig] = set_handler(sig, handler)
-
-    def _restore_signals(self) -> None:
-        for sig, old in self._saved_handlers.items():
-            set_handler(sig, old)
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGINT and SIGTERM, while the session lasts: an Interrupted event on the queue the main
+        thread waits on, so it wakes at once, whatever it was waiting for."""
+        self.events.put((None, Interrupted(SIGNAL_NAMES[signum])))
 
     def next_event(self, deadline: float | None) -> Event | None:
         """The next event of the current connection (or a signal, or input), None at the deadline.
@@ -4020,17 +4022,9 @@ def error_line(message: str, hint: str | None = None, prefix: str = "contribute:
 def catch_start_signals() -> Callable[[], None]:
     """Until a session takes them over: SIGINT and SIGTERM end the command as interrupted (130),
     without a traceback. Returns what puts the previous handlers back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
-    saved = {sig: set_handler(sig, interrupt) for sig in SIGNAL_NAMES}
-
-    def restore() -> None:
-        for sig, handler in saved.items():
-            set_handler(sig, handler)
-    return restore
+    return handle_interrupts(interrupt)
 
 
 def env(name: str) -> str:
@@ -4349,6 +4343,5 @@ if __name__ == "__main__":
     status = main()
     # Decided: an interrupt from now on is ignored. (Python puts the default action back on
     # signals it handles as it shuts down, which would kill us; an ignored one it leaves alone.)
-    set_handler(SIGINT, SIG_IGN)
-    set_handler(SIGTERM, SIG_IGN)
+    handle_interrupts(SIG_IGN)
     sys.exit(status)

@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -412,7 +413,7 @@ def test_a_post_stopped_before_its_frame_went_counts_as_unsent_not_posted(emu):
         session.outcome, session.on_acks = bulk.on_outcome, bulk.on_acks
         bulk.post([Row(line, "UMER.TST", None, None, {"BID": line}, "") for line in (2, 3, 4)])
         session.events.put((None, Interrupted("SIGTERM")))
-        session.wait(None)
+        session.wait(time.monotonic() + TIMEOUT)
         assert session.stopping
         session.drain()
     bulk_summary(bulk, reporter, 1.0, None)

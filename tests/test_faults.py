@@ -900,14 +900,17 @@ def test_a_connection_reading_in_blocks_handles_pings_fragments_and_the_close():
 
 
 # contribute.py run as a script (runpy, as `python contribute.py` runs it), with a signal sent to
-# itself at a chosen moment: as it imports a module (an audit hook: "import:click"), or once it
+# itself at a chosen moment: as it imports a module (an audit hook: "import:click"), at the first
+# import orjson's own module makes as it starts ("in-orjson"), or once it
 # has ended, as Python exits: "exit" (an atexit function) or "teardown" (an object freed when
 # Python empties sys.modules, after it has put back the default action of the signals it handles).
 SIGNAL_AT = """\
 import atexit, os, runpy, sys
 moment, signum, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def starting_orjson():
+    return "orjson.orjson" in sys.modules and not hasattr(sys.modules["orjson"], "dumps")
 def on_import(event, args):
-    if event == "import" and moment == "import:" + args[0]:
+    if event == "import" and (moment == "import:" + args[0] or moment == "in-orjson" and starting_orjson()):
         os.kill(os.getpid(), signum)
 class Teardown:
     def __del__(self, kill=os.kill, pid=os.getpid()):
@@ -956,8 +959,22 @@ def test_an_interrupt_while_orjson_starts_is_held_until_it_has_started(emu, tmp_
     then ends the command as interrupted, before anything is sent."""
     path = tmp_path / "rows.csv"
     path.write_text("RIC,BID\nUMER.TST,1\n")
-    result = signalled("import:dataclasses", sig, *args_for(emu.port, "post", "--service", "NIPROV",
-                                                            "--file", str(path)))
+    result = signalled("in-orjson", sig, *args_for(emu.port, "post", "--service", "NIPROV", "--file", str(path)))
     assert result.returncode == 130, result.stderr
     assert result.stderr == "contribute: interrupted\n" and result.stdout == ""
     assert not received(emu, "Login")
+
+
+def test_handlers_set_for_a_command_or_a_session_are_put_back():
+    """catch_start_signals and a Session each take SIGINT and SIGTERM over, and give back the
+    handlers they found (Session after the Ctrl-C before it, say, goes back to the command's)."""
+    from contribute import catch_start_signals
+
+    found = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    restore = catch_start_signals()
+    command = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with Session(Settings("127.0.0.1:1", user="tester"), Reporter(io.StringIO(), io.StringIO())):
+        assert signal.getsignal(signal.SIGINT) not in (found[0], command[0])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == command
+    restore()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found
